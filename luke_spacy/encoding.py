@@ -1,0 +1,181 @@
+"""Model inputs of LUKE's NER recipe: passes (one window, one chunk of spans) and batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from .windowing import Span, equal_chunks, sentence_units, subword_offsets, window_for
+
+
+@dataclass
+class Pass:
+    """One forward pass of the recipe: a word window and a chunk of candidate spans.
+
+    doc (int): Index of the Doc in the batch.
+    sentence (int): Index of the sentence in that Doc's sentence list.
+    input_ids (List[int]): Window subword ids with the special tokens.
+    window (Tuple[int, int]): The window's subword range in the Doc.
+    core (Tuple[int, int]): The subword range whose spans this pass scores.
+    spans (List[Span]): Candidate word spans (Doc token indices, end exclusive).
+    starts (List[int]): Position of each span's first subword in `input_ids`.
+    ends (List[int]): Position of each span's last subword in `input_ids` (inclusive).
+    """
+
+    doc: int
+    sentence: int
+    input_ids: List[int]
+    window: Tuple[int, int]
+    core: Tuple[int, int]
+    spans: List[Span]
+    starts: List[int]
+    ends: List[int]
+
+    @property
+    def n_items(self) -> int:
+        """Word and entity positions of the pass, the unit of the batch budget."""
+        return len(self.input_ids) + len(self.spans)
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """The knobs of the recipe, with the paper's values as defaults.
+
+    max_mention_length (int): Longest candidate span, in subwords.
+    max_entity_length (int): Most candidate spans in one pass.
+    max_length (int): Window size in subwords, special tokens not counted.
+    document_context (bool): Fill the window with the Doc around the sentence.
+    """
+
+    max_mention_length: int = 16
+    max_entity_length: int = 128
+    max_length: int = 510
+    document_context: bool = True
+
+
+def plan_doc(
+    doc_index: int,
+    word_ids: Sequence[Sequence[int]],
+    sentences: Sequence[Tuple[int, int]],
+    settings: RecipeSettings,
+    cls_id: int,
+    sep_id: int,
+) -> List[Pass]:
+    """All passes needed to score every candidate span of one Doc.
+
+    doc_index (int): Index stored on each pass.
+    word_ids (Sequence[Sequence[int]]): Subword ids of each word (token) of the Doc.
+    sentences (Sequence[Tuple[int, int]]): Sentence word ranges, end exclusive.
+    settings (RecipeSettings): Window, span and chunk limits.
+    cls_id (int): Id put before the window.
+    sep_id (int): Id put after the window.
+    RETURNS (List[Pass]): The passes, sentence by sentence.
+    """
+    offsets = subword_offsets([len(ids) for ids in word_ids])
+    n_subwords = offsets[-1]
+    subwords: List[int] = [i for ids in word_ids for i in ids]
+    passes: List[Pass] = []
+    for sent_index, (start, end) in enumerate(sentences):
+        units = sentence_units(
+            offsets, start, end, settings.max_mention_length, settings.max_length
+        )
+        for unit in units:
+            begin, stop = window_for(
+                unit.core, n_subwords, settings.max_length, settings.document_context
+            )
+            input_ids = [cls_id, *subwords[begin:stop], sep_id]
+            # +1 for the leading special token; ends are inclusive (last subword).
+            starts = [offsets[i] - begin + 1 for i, _ in unit.spans]
+            ends = [offsets[j] - begin for _, j in unit.spans]
+            for lo, hi in equal_chunks(len(unit.spans), settings.max_entity_length):
+                passes.append(
+                    Pass(
+                        doc=doc_index,
+                        sentence=sent_index,
+                        input_ids=input_ids,
+                        window=(begin, stop),
+                        core=unit.core,
+                        spans=unit.spans[lo:hi],
+                        starts=starts[lo:hi],
+                        ends=ends[lo:hi],
+                    )
+                )
+    return passes
+
+
+def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[int]]:
+    """Group passes into batches whose padded size stays within a budget.
+
+    Passes are sorted by length so batches carry little padding. The padded size of a batch
+    is rows x (longest window + most spans); a single pass larger than the budget still runs,
+    alone.
+
+    RETURNS (List[List[int]]): Indices into `passes`, one list per batch.
+    """
+    order = sorted(range(len(passes)), key=lambda i: (len(passes[i].input_ids), len(passes[i].spans)))
+    batches: List[List[int]] = []
+    current: List[int] = []
+    max_words = max_spans = 0
+    for i in order:
+        words = max(max_words, len(passes[i].input_ids))
+        spans = max(max_spans, len(passes[i].spans))
+        if current and (len(current) + 1) * (words + spans) > max_batch_items:
+            batches.append(current)
+            current = []
+            words, spans = len(passes[i].input_ids), len(passes[i].spans)
+        current.append(i)
+        max_words, max_spans = words, spans
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(
+    passes: Sequence[Pass],
+    *,
+    pad_id: int,
+    mask_entity_id: int,
+    pad_entity_id: int,
+    max_mention_length: int,
+    device: torch.device | str = "cpu",
+) -> Dict[str, torch.Tensor]:
+    """Pad passes into the tensors `LukeForEntitySpanClassification.forward` takes.
+
+    Entity position ids run over the span's subwords (`<s>` counted as position 0) and are
+    padded with -1 to `max_mention_length`, as the recipe builds them.
+    """
+    n = len(passes)
+    n_words = max(len(p.input_ids) for p in passes)
+    n_spans = max(len(p.spans) for p in passes)
+    input_ids = torch.full((n, n_words), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, n_words), dtype=torch.long)
+    entity_ids = torch.full((n, n_spans), pad_entity_id, dtype=torch.long)
+    entity_mask = torch.zeros((n, n_spans), dtype=torch.long)
+    position_ids = torch.full((n, n_spans, max_mention_length), -1, dtype=torch.long)
+    starts = torch.zeros((n, n_spans), dtype=torch.long)
+    ends = torch.zeros((n, n_spans), dtype=torch.long)
+    steps = torch.arange(max_mention_length)
+    for row, p in enumerate(passes):
+        input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
+        attention_mask[row, : len(p.input_ids)] = 1
+        k = len(p.spans)
+        entity_ids[row, :k] = mask_entity_id
+        entity_mask[row, :k] = 1
+        s = torch.tensor(p.starts)
+        e = torch.tensor(p.ends)
+        starts[row, :k] = s
+        ends[row, :k] = e
+        pos = s[:, None] + steps[None, :]
+        position_ids[row, :k] = torch.where(pos <= e[:, None], pos, torch.full_like(pos, -1))
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "entity_ids": entity_ids,
+        "entity_attention_mask": entity_mask,
+        "entity_position_ids": position_ids,
+        "entity_start_positions": starts,
+        "entity_end_positions": ends,
+    }
+    return {key: value.to(device) for key, value in tensors.items()}

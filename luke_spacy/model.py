@@ -1,0 +1,240 @@
+"""The LUKE span classifier as a Thinc model: loading, forward pass and serialization."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import srsly
+import torch
+from spacy.util import registry
+from spacy_transformers.data_classes import HFObjects
+from spacy_transformers.layers.hf_shim import HFShim
+from spacy_transformers.util import make_tempdir
+from thinc.api import ArgsKwargs, Model
+from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpanClassification
+
+SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded or cannot do span classification."""
+
+
+class LukeSpanScorer(torch.nn.Module):
+    """`LukeForEntitySpanClassification` with a forward that can also return word states.
+
+    The head is the checkpoint's own: `classifier(cat(h[start], h[end], h_entity))`.
+    """
+
+    def __init__(self, hf_model: LukeForEntitySpanClassification) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(
+        self, batch: Dict[str, torch.Tensor], return_words: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        hf = self.hf
+        out = hf.luke(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            entity_ids=batch["entity_ids"],
+            entity_attention_mask=batch["entity_attention_mask"],
+            entity_position_ids=batch["entity_position_ids"],
+            return_dict=True,
+        )
+        words = out.last_hidden_state
+        width = words.size(-1)
+        starts = batch["entity_start_positions"].unsqueeze(-1).expand(-1, -1, width)
+        ends = batch["entity_end_positions"].unsqueeze(-1).expand(-1, -1, width)
+        features = torch.cat(
+            [words.gather(-2, starts), words.gather(-2, ends), out.entity_last_hidden_state],
+            dim=2,
+        )
+        logits = hf.classifier(hf.dropout(features))
+        return logits, (words if return_words else None)
+
+
+class LukeShim(HFShim):
+    """HFShim for the span classifier, serialized as safetensors plus tokenizer files.
+
+    spacy-transformers' shim brings the PyTorch/Thinc plumbing (optimizer, mixed precision,
+    grad scaling); only the serialization differs, so the weights never go through pickle.
+    """
+
+    def to_bytes(self) -> bytes:
+        with make_tempdir() as tmp:
+            save_checkpoint(self._hfmodel, tmp)
+            files = {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
+        return srsly.msgpack_dumps({"files": files})
+
+    def from_bytes(self, bytes_data: bytes) -> LukeShim:
+        files = srsly.msgpack_loads(bytes_data)["files"]
+        with make_tempdir() as tmp:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            self.set_objects(load_checkpoint(str(tmp), local_files_only=True))
+        return self
+
+    def set_objects(self, objects: HFObjects) -> None:
+        self._hfmodel = objects
+        self._model = LukeSpanScorer(objects.transformer)
+
+
+@registry.architectures("luke_spacy.LukeSpanClassifier.v1")
+def build_luke_span_classifier(
+    name: str = "studio-ousia/luke-large-finetuned-conll-2003",
+    revision: str = "main",
+    mixed_precision: bool = False,
+    grad_scaler_config: Dict[str, Any] = {},  # noqa: B006 (config default, never mutated)
+) -> Model:
+    """A Thinc model around a `LukeForEntitySpanClassification` checkpoint.
+
+    The checkpoint is loaded on first use (`load_weights`), not here, so that `spacy.load` of a
+    saved pipeline never looks the hub up before its own weights are read from disk.
+
+    name (str): Hugging Face hub id or local folder of the checkpoint.
+    revision (str): Hub revision (branch, tag or commit).
+    mixed_precision (bool): Train with autocast (GPU).
+    grad_scaler_config (dict): Settings of the gradient scaler used with mixed precision.
+    RETURNS (Model): Takes a batch of tensors, returns span logits.
+    """
+    shim = LukeShim(
+        HFObjects(None, None, None, {"name": name, "revision": revision}, {}),
+        mixed_precision=mixed_precision,
+        grad_scaler_config=dict(grad_scaler_config),
+        model_cls=LukeForEntitySpanClassification,
+    )
+    return Model(
+        "luke_span_classifier",
+        _forward,
+        shims=[shim],
+        attrs={"name": name, "revision": revision},
+    )
+
+
+def _forward(model: Model, batch: Dict[str, torch.Tensor], is_train: bool):
+    shim: LukeShim = model.shims[0]
+    (logits, _), torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
+
+    def backprop(d_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+        torch_backprop(ArgsKwargs(args=((logits,),), kwargs={"grad_tensors": ((d_logits,),)}))
+        return batch
+
+    return logits, backprop
+
+
+def get_objects(model: Model) -> Optional[HFObjects]:
+    """The loaded tokenizer and transformer of a span classifier model, or None."""
+    objects = model.shims[0]._hfmodel
+    return objects if objects.transformer is not None else None
+
+
+def get_scorer(model: Model) -> LukeSpanScorer:
+    """The torch module that computes span logits."""
+    return model.shims[0]._model
+
+
+def load_weights(model: Model, require_head: bool = True) -> HFObjects:
+    """Load the model's checkpoint (hub id, local folder or HF cache) if not loaded yet."""
+    objects = get_objects(model)
+    if objects is None:
+        objects = load_checkpoint(
+            model.attrs["name"], revision=model.attrs["revision"], require_head=require_head
+        )
+        model.shims[0].set_objects(objects)
+    return objects
+
+
+def load_checkpoint(
+    name: str,
+    *,
+    revision: str = "main",
+    local_files_only: bool = False,
+    require_head: bool = True,
+) -> HFObjects:
+    """Load tokenizer and span classifier of a checkpoint, with errors that say the fix.
+
+    name (str): Hub id or local folder.
+    revision (str): Hub revision, ignored for local folders.
+    local_files_only (bool): Never touch the network.
+    require_head (bool): Fail for checkpoints without a span-classification head.
+    RETURNS (HFObjects): The tokenizer and `LukeForEntitySpanClassification`.
+    """
+    is_local = os.path.isdir(name)
+    kwargs: Dict[str, Any] = {"local_files_only": local_files_only or is_local}
+    if not is_local:
+        kwargs["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(_load_failure(name, err)) from err
+    check_config(name, config, require_head=require_head)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        hf_model = LukeForEntitySpanClassification.from_pretrained(name, config=config, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(_load_failure(name, err)) from err
+    entity_ids(tokenizer, name)
+    hf_model.eval()
+    return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
+
+
+def check_config(name: str, config: Any, *, require_head: bool = True) -> None:
+    """Raise a CheckpointError unless the config is a LUKE span classifier."""
+    if not isinstance(config, LukeConfig):
+        raise CheckpointError(
+            f"'{name}' is a '{config.model_type}' checkpoint, not LUKE. luke_ner needs a "
+            f"{SPAN_CLASSIFIER} checkpoint such as "
+            "'studio-ousia/luke-large-finetuned-conll-2003'."
+        )
+    architectures = config.architectures or []
+    if require_head and SPAN_CLASSIFIER not in architectures:
+        raise CheckpointError(
+            f"'{name}' is not a span classifier (architectures: {architectures}). Use a "
+            f"{SPAN_CLASSIFIER} checkpoint such as "
+            "'studio-ousia/luke-large-finetuned-conll-2003', or fine-tune this one with "
+            "`spacy train` first."
+        )
+    if require_head and len(config.id2label) < 2:
+        raise CheckpointError(f"'{name}' has fewer than two labels in config.id2label.")
+
+
+def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
+    """The [MASK] and [PAD] ids of the checkpoint's entity vocabulary."""
+    vocab = getattr(tokenizer, "entity_vocab", None)
+    if not vocab or "[MASK]" not in vocab:
+        raise CheckpointError(
+            f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry; luke_ner "
+            "needs the checkpoint's LukeTokenizer or MLukeTokenizer (entity_vocab.json)."
+        )
+    return vocab["[MASK]"], vocab.get(getattr(tokenizer, "entity_pad_token", "[PAD]"), 0)
+
+
+def save_checkpoint(objects: HFObjects, path: Path) -> None:
+    """Write config, safetensors weights and tokenizer files into a folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    objects.transformer.save_pretrained(str(path), safe_serialization=True)
+    objects.tokenizer.save_pretrained(str(path))
+
+
+def _load_failure(name: str, err: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    where = "The Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
+    where = where + "the local cache." if offline else "The hub or the local cache did not have it."
+    return (
+        f"Could not load the LUKE checkpoint '{name}'. {where} Point the model at a local "
+        "folder that holds config.json, the weights and the tokenizer files, e.g. "
+        "nlp.add_pipe('luke_ner', config={'model': {'name': '/path/to/checkpoint'}}) or "
+        "`[components.luke_ner.model] name = \"/path/to/checkpoint\"` in a config. "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )
+
+
+def labels_of(objects: HFObjects) -> List[str]:
+    """Labels of the checkpoint in id order; label 0 is the no-entity class."""
+    id2label = objects.transformer.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
