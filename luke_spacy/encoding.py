@@ -16,7 +16,8 @@ class Pass:
 
     doc (int): Index of the Doc in the batch.
     sentence (int): Index of the sentence in that Doc's sentence list.
-    input_ids (List[int]): Window subword ids with the special tokens.
+    subwords (Sequence[int]): All subword ids of the Doc (shared by its passes, so a long Doc
+        does not hold one copy of its window per pass).
     window (Tuple[int, int]): The window's subword range in the Doc.
     core (Tuple[int, int]): The subword range whose spans this pass scores.
     spans (List[Span]): Candidate word spans (Doc token indices, end exclusive).
@@ -26,7 +27,7 @@ class Pass:
 
     doc: int
     sentence: int
-    input_ids: List[int]
+    subwords: Sequence[int]
     window: Tuple[int, int]
     core: Tuple[int, int]
     spans: List[Span]
@@ -34,9 +35,14 @@ class Pass:
     ends: List[int]
 
     @property
-    def n_items(self) -> int:
-        """Word and entity positions of the pass, the unit of the batch budget."""
-        return len(self.input_ids) + len(self.spans)
+    def length(self) -> int:
+        """Word positions of the pass, the two special tokens included."""
+        return self.window[1] - self.window[0] + 2
+
+    def input_ids(self, cls_id: int, sep_id: int) -> List[int]:
+        """The window's subword ids between the special tokens."""
+        begin, end = self.window
+        return [cls_id, *self.subwords[begin:end], sep_id]
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,6 @@ def plan_doc(
     word_ids: Sequence[Sequence[int]],
     sentences: Sequence[Tuple[int, int]],
     settings: RecipeSettings,
-    cls_id: int,
-    sep_id: int,
 ) -> List[Pass]:
     """All passes needed to score every candidate span of one Doc.
 
@@ -69,8 +73,6 @@ def plan_doc(
     word_ids (Sequence[Sequence[int]]): Subword ids of each word (token) of the Doc.
     sentences (Sequence[Tuple[int, int]]): Sentence word ranges, end exclusive.
     settings (RecipeSettings): Window, span and chunk limits.
-    cls_id (int): Id put before the window.
-    sep_id (int): Id put after the window.
     RETURNS (List[Pass]): The passes, sentence by sentence.
     """
     offsets = subword_offsets([len(ids) for ids in word_ids])
@@ -85,7 +87,6 @@ def plan_doc(
             begin, stop = window_for(
                 unit.core, n_subwords, settings.max_length, settings.document_context
             )
-            input_ids = [cls_id, *subwords[begin:stop], sep_id]
             # +1 for the leading special token; ends are inclusive (last subword).
             starts = [offsets[i] - begin + 1 for i, _ in unit.spans]
             ends = [offsets[j] - begin for _, j in unit.spans]
@@ -94,7 +95,7 @@ def plan_doc(
                     Pass(
                         doc=doc_index,
                         sentence=sent_index,
-                        input_ids=input_ids,
+                        subwords=subwords,
                         window=(begin, stop),
                         core=unit.core,
                         spans=unit.spans[lo:hi],
@@ -114,17 +115,19 @@ def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[i
 
     RETURNS (List[List[int]]): Indices into `passes`, one list per batch.
     """
-    order = sorted(range(len(passes)), key=lambda i: (len(passes[i].input_ids), len(passes[i].spans)))
+    order = sorted(
+        range(len(passes)), key=lambda i: (len(passes[i].input_ids), len(passes[i].spans))
+    )
     batches: List[List[int]] = []
     current: List[int] = []
     max_words = max_spans = 0
     for i in order:
-        words = max(max_words, len(passes[i].input_ids))
+        words = max(max_words, passes[i].length)
         spans = max(max_spans, len(passes[i].spans))
         if current and (len(current) + 1) * (words + spans) > max_batch_items:
             batches.append(current)
             current = []
-            words, spans = len(passes[i].input_ids), len(passes[i].spans)
+            words, spans = passes[i].length, len(passes[i].spans)
         current.append(i)
         max_words, max_spans = words, spans
     if current:
@@ -135,6 +138,8 @@ def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[i
 def collate(
     passes: Sequence[Pass],
     *,
+    cls_id: int,
+    sep_id: int,
     pad_id: int,
     mask_entity_id: int,
     pad_entity_id: int,
@@ -147,7 +152,7 @@ def collate(
     padded with -1 to `max_mention_length`, as the recipe builds them.
     """
     n = len(passes)
-    n_words = max(len(p.input_ids) for p in passes)
+    n_words = max(p.length for p in passes)
     n_spans = max(len(p.spans) for p in passes)
     input_ids = torch.full((n, n_words), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, n_words), dtype=torch.long)
@@ -158,8 +163,8 @@ def collate(
     ends = torch.zeros((n, n_spans), dtype=torch.long)
     steps = torch.arange(max_mention_length)
     for row, p in enumerate(passes):
-        input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
-        attention_mask[row, : len(p.input_ids)] = 1
+        input_ids[row, : p.length] = torch.tensor(p.input_ids(cls_id, sep_id))
+        attention_mask[row, : p.length] = 1
         k = len(p.spans)
         entity_ids[row, :k] = mask_entity_id
         entity_mask[row, :k] = 1

@@ -229,7 +229,7 @@ def _load_failure(name: str, err: Exception) -> str:
         f"Could not load the LUKE checkpoint '{name}'. {where} Point the model at a local "
         "folder that holds config.json, the weights and the tokenizer files, e.g. "
         "nlp.add_pipe('luke_ner', config={'model': {'name': '/path/to/checkpoint'}}) or "
-        "`[components.luke_ner.model] name = \"/path/to/checkpoint\"` in a config. "
+        '`[components.luke_ner.model] name = "/path/to/checkpoint"` in a config. '
         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     )
 

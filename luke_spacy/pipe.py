@@ -25,8 +25,15 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .decoding import greedy_decode
 from .encoding import Pass, RecipeSettings, batch_by_budget, collate, plan_doc
-from .model import entity_ids, get_objects, get_scorer, labels_of, load_checkpoint, load_weights
-from .model import save_checkpoint
+from .model import (
+    entity_ids,
+    get_objects,
+    get_scorer,
+    labels_of,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from .tokenization import WordTokenizer
 
 DEFAULT_CONFIG_STR = """
@@ -248,8 +255,7 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def plan(self, docs: Sequence[Doc]) -> Tuple[List[Pass], List[List[Tuple[int, ...]]]]:
         """The passes that score every candidate span of the Docs, and each Doc's word ids."""
-        objects = self._objects()
-        tokenizer = objects.tokenizer
+        self._objects()
         settings = self.settings
         passes: List[Pass] = []
         doc_word_ids = []
@@ -262,8 +268,6 @@ class LukeEntityRecognizer(TrainablePipe):
                     word_ids,
                     self.sentences(doc),
                     settings,
-                    tokenizer.cls_token_id,
-                    tokenizer.sep_token_id,
                 )
             )
         return passes, doc_word_ids
@@ -297,7 +301,7 @@ class LukeEntityRecognizer(TrainablePipe):
         by_doc: List[List[int]] = [[] for _ in docs]
         for i, p in enumerate(passes):
             by_doc[p.doc].append(i)
-        for d, doc in enumerate(docs):
+        for d in range(len(docs)):
             spans = [s for i in by_doc[d] for s in passes[i].spans]
             logits = (
                 numpy.concatenate([pass_logits[i] for i in by_doc[d]])
@@ -329,6 +333,8 @@ class LukeEntityRecognizer(TrainablePipe):
         for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
             batch = collate(
                 [passes[i] for i in indices],
+                cls_id=tokenizer.cls_token_id,
+                sep_id=tokenizer.sep_token_id,
                 pad_id=tokenizer.pad_token_id,
                 mask_entity_id=mask_id,
                 pad_entity_id=pad_entity_id,
@@ -491,8 +497,7 @@ def check_settings(
             torch.device(device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(
-                f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or "
-                "'cuda:0'."
+                f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or 'cuda:0'."
             ) from err
 
 

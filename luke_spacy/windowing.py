@@ -133,4 +133,3 @@ def window_for(
         return begin, end
     n_left, n_right = balanced_context(begin, n_subwords - end, end - begin, max_length)
     return begin - n_left, end + n_right
-
