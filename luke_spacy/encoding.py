@@ -115,9 +115,7 @@ def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[i
 
     RETURNS (List[List[int]]): Indices into `passes`, one list per batch.
     """
-    order = sorted(
-        range(len(passes)), key=lambda i: (len(passes[i].input_ids), len(passes[i].spans))
-    )
+    order = sorted(range(len(passes)), key=lambda i: (passes[i].length, len(passes[i].spans)))
     batches: List[List[int]] = []
     current: List[int] = []
     max_words = max_spans = 0
