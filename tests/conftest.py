@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random checkpoints that the tests build themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never wait on a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One thread: the n_process tests fork, and torch's thread pool does not survive a fork.
+torch.set_num_threads(1)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_luke(tmp_path_factory) -> Path:
+    """A tiny LUKE-shaped span classifier (BPE trained on the fly, [MASK]=2, NIL first)."""
+    from luke_spacy.random_model import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("tiny_luke"), classifier_std=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mluke(tmp_path_factory) -> Path:
+    """A tiny mLUKE-shaped span classifier (SentencePiece, no entity-aware attention,
+    [MASK]=0, labels O/LOC/PER/ORG/MISC)."""
+    pytest.importorskip("sentencepiece")
+    from luke_spacy.random_model import build_random_checkpoint
+
+    return build_random_checkpoint(
+        tmp_path_factory.mktemp("tiny_mluke"), kind="mluke", classifier_std=1.0
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_luke_real_bpe(tmp_path_factory) -> Path:
+    """A tiny model with the real RoBERTa vocabulary of the default checkpoint."""
+    from luke_spacy.random_model import build_random_checkpoint
+
+    bpe = shared_path("roberta-bpe")
+    return build_random_checkpoint(
+        tmp_path_factory.mktemp("tiny_luke_bpe"), bpe_dir=bpe, classifier_std=1.0
+    )
