@@ -17,7 +17,7 @@ which is exactly one dot product in head dim 2d if we use the queries
 right query half per key block, so a single softmax over all T = words +
 entities keys is computed, as in the original. The scale must stay
 1/sqrt(d) (not SDPA's default 1/sqrt(2d)). Values only need head dim d, but
-are zero-padded to 2d so that SDPA can pick a fused kernel (see below).
+are zero-padded to 2d where that lets SDPA pick a fused kernel.
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def _fused_forward(
     d = self.attention_head_size
     hidden = self.all_head_size
     batch_size, word_size = word_hidden_states.shape[:2]
+    dropout_p = self.dropout.p if self.training else 0.0
 
     if self.use_entity_aware_attention and entity_hidden_states is not None:
         # One matmul per segment: words -> [q_w2w|q_w2e (per head) | k | v],
@@ -155,11 +156,13 @@ def _fused_forward(
         # Zero halves route word keys to the w2w/e2w query halves and entity
         # keys to the w2e/e2e halves (see module docstring).
         key = torch.cat([F.pad(k_word, (0, d)), F.pad(k_entity, (d, 0))], dim=1)
-        # Zero-pad the values to 2d as well: the fused (flash / memory-
-        # efficient) SDPA kernels need equal q/k/v head dims and otherwise
-        # SDPA silently falls back to the unfused math kernel (measured
-        # ~2x slower on CPU). The padded output columns are sliced off below.
-        value = F.pad(torch.cat([v_word, v_entity], dim=1), (0, d))
+        value = torch.cat([v_word, v_entity], dim=1)
+        if word_hidden_states.device.type != "cpu" or dropout_p == 0.0:
+            # Zero-pad the values to 2d as well: flash attention needs equal
+            # q/k/v head dims, else SDPA silently takes the unfused math
+            # kernel (~2x slower on CPU). CPU flash has no dropout, so there
+            # the padding would only cost. Extra columns are sliced off below.
+            value = F.pad(value, (0, d))
     else:
         # Plain attention: words and entities (if any) share q, k and v.
         if entity_hidden_states is None:
@@ -179,7 +182,7 @@ def _fused_forward(
         key,
         value,
         attn_mask=_sdpa_mask(attention_mask, query.dtype),
-        dropout_p=self.dropout.p if self.training else 0.0,
+        dropout_p=dropout_p,
         # Explicit: the default would be 1/sqrt(2d) in the entity-aware case.
         scale=1.0 / math.sqrt(d),
     )

@@ -307,3 +307,35 @@ def test_deepcopy_of_fused_model() -> None:
     torch.testing.assert_close(logits(clone, inputs), expected, atol=0, rtol=0)
     assert unfuse_entity_aware_attention(clone) == NUM_LAYERS
     assert is_entity_aware_attention_fused(model)
+
+
+def test_attention_dropout_is_passed_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dropout is random, so check the plumbing instead: SDPA must get the
+    # layer's dropout_p in train mode, and with dropout forced off inside
+    # SDPA the result must equal eager attention without dropout. On CPU
+    # this also covers the branch that does not zero-pad the values.
+    model = make_model(True, dropout=0.0)
+    inputs = make_inputs()
+    model.train()
+    expected = model(**inputs).logits
+    for module in model.modules():
+        if isinstance(module, LukeSelfAttention):
+            module.dropout.p = 0.25
+    seen: list[tuple[float, int]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def no_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kw: Any) -> Any:
+        seen.append((kw.pop("dropout_p"), value.shape[-1]))
+        return sdpa(query, key, value, dropout_p=0.0, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_dropout)
+    fuse_entity_aware_attention(model)
+    fused = model(**inputs).logits
+    head_dim = 32 // 4
+    assert seen == [(0.25, head_dim)] * NUM_LAYERS
+    torch.testing.assert_close(fused, expected, atol=ATOL, rtol=RTOL)
+
+    seen.clear()
+    model.eval()
+    logits(model, inputs)
+    assert [p for p, _ in seen] == [0.0] * NUM_LAYERS
