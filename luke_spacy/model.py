@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import srsly
 import torch
@@ -16,6 +16,8 @@ from thinc.api import ArgsKwargs, Model
 from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpanClassification
 
 SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
+# Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
+NO_ENTITY = "NIL"
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -120,7 +122,7 @@ def _forward(model: Model, batch: Dict[str, torch.Tensor], is_train: bool):
     (logits, _), torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
 
     def backprop(d_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-        torch_backprop(ArgsKwargs(args=((logits,),), kwargs={"grad_tensors": ((d_logits,),)}))
+        torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (d_logits,)}))
         return batch
 
     return logits, backprop
@@ -137,12 +139,16 @@ def get_scorer(model: Model) -> LukeSpanScorer:
     return model.shims[0]._model
 
 
-def load_weights(model: Model, require_head: bool = True) -> HFObjects:
-    """Load the model's checkpoint (hub id, local folder or HF cache) if not loaded yet."""
+def load_weights(model: Model, labels: Optional[Sequence[str]] = None) -> HFObjects:
+    """Load the model's checkpoint (hub id, local folder or HF cache).
+
+    Without `labels` an already loaded checkpoint is kept; with them the starting checkpoint
+    is (re)loaded with a head for exactly those labels, for training.
+    """
     objects = get_objects(model)
-    if objects is None:
+    if objects is None or labels is not None:
         objects = load_checkpoint(
-            model.attrs["name"], revision=model.attrs["revision"], require_head=require_head
+            model.attrs["name"], revision=model.attrs["revision"], labels=labels
         )
         model.shims[0].set_objects(objects)
     return objects
@@ -154,6 +160,7 @@ def load_checkpoint(
     revision: str = "main",
     local_files_only: bool = False,
     require_head: bool = True,
+    labels: Optional[Sequence[str]] = None,
 ) -> HFObjects:
     """Load tokenizer and span classifier of a checkpoint, with errors that say the fix.
 
@@ -161,6 +168,9 @@ def load_checkpoint(
     revision (str): Hub revision, ignored for local folders.
     local_files_only (bool): Never touch the network.
     require_head (bool): Fail for checkpoints without a span-classification head.
+    labels (Optional[Sequence[str]]): Entity labels to train. The checkpoint's head is kept
+        when it has exactly these labels; otherwise a fresh head is initialized (also for
+        pretrained-only checkpoints such as studio-ousia/luke-base).
     RETURNS (HFObjects): The tokenizer and `LukeForEntitySpanClassification`.
     """
     is_local = os.path.isdir(name)
@@ -171,10 +181,22 @@ def load_checkpoint(
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
-    check_config(name, config, require_head=require_head)
+    check_config(name, config, require_head=require_head and labels is None)
+    has_head = SPAN_CLASSIFIER in (config.architectures or [])
+    head_kwargs: Dict[str, Any] = {}
+    if labels is not None:
+        current = [config.id2label[i] for i in range(len(config.id2label))] if has_head else []
+        if not (has_head and set(current[1:]) == set(labels)):
+            ordered = [current[0] if has_head else NO_ENTITY, *sorted(labels)]
+            config.id2label = dict(enumerate(ordered))
+            config.label2id = {label: i for i, label in enumerate(ordered)}
+            head_kwargs["ignore_mismatched_sizes"] = True
+        config.architectures = [SPAN_CLASSIFIER]
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        hf_model = LukeForEntitySpanClassification.from_pretrained(name, config=config, **kwargs)
+        hf_model = LukeForEntitySpanClassification.from_pretrained(
+            name, config=config, **kwargs, **head_kwargs
+        )
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
     entity_ids(tokenizer, name)

@@ -1,12 +1,11 @@
 """The `luke_ner` pipeline component."""
 
-from __future__ import annotations
-
 import contextlib
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
@@ -15,7 +14,8 @@ from spacy import util
 from spacy.language import Language
 from spacy.pipeline import Sentencizer, TrainablePipe
 from spacy.tokens import Doc, Span, SpanGroup
-from spacy.training import Example
+from spacy.training import Example, validate_examples
+from spacy.util import logger
 from spacy.vocab import Vocab
 from spacy_transformers.data_classes import TransformerData, WordpieceBatch
 from spacy_transformers.pipeline_component import install_extensions
@@ -23,6 +23,7 @@ from thinc.api import Config, Model, get_torch_default_device
 from thinc.types import Ragged
 from transformers.modeling_outputs import BaseModelOutput
 
+from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
 from .decoding import greedy_decode
 from .encoding import Pass, RecipeSettings, batch_by_budget, collate, plan_doc
 from .model import (
@@ -35,6 +36,7 @@ from .model import (
     save_checkpoint,
 )
 from .tokenization import WordTokenizer
+from .training import Coverage, coverage, gold_doc, span_loss, span_targets
 
 DEFAULT_CONFIG_STR = """
 [luke_ner]
@@ -45,6 +47,7 @@ context = "document"
 max_batch_items = 4096
 device = null
 dtype = "float32"
+attention = "eager"
 overwrite_ents = false
 spans_key = "luke_ner"
 set_trf_data = false
@@ -61,6 +64,7 @@ mixed_precision = false
 DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
 CONTEXTS = ("document", "sentence")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTIONS = ("eager", "sdpa")
 
 
 @Language.factory(
@@ -80,11 +84,12 @@ def make_luke_ner(
     max_batch_items: int,
     device: Optional[str],
     dtype: str,
+    attention: str,
     overwrite_ents: bool,
     spans_key: Optional[str],
     set_trf_data: bool,
     scorer: Optional[Callable],
-) -> LukeEntityRecognizer:
+) -> "LukeEntityRecognizer":
     """Construct a LUKE span-classification entity recognizer."""
     return LukeEntityRecognizer(
         nlp.vocab,
@@ -97,6 +102,7 @@ def make_luke_ner(
         max_batch_items=max_batch_items,
         device=device,
         dtype=dtype,
+        attention=attention,
         overwrite_ents=overwrite_ents,
         spans_key=spans_key,
         set_trf_data=set_trf_data,
@@ -139,6 +145,7 @@ class LukeEntityRecognizer(TrainablePipe):
         max_batch_items: int = 4096,
         device: Optional[str] = None,
         dtype: str = "float32",
+        attention: str = "eager",
         overwrite_ents: bool = False,
         spans_key: Optional[str] = "luke_ner",
         set_trf_data: bool = False,
@@ -156,6 +163,8 @@ class LukeEntityRecognizer(TrainablePipe):
         max_batch_items (int): Padded word+span positions per forward batch.
         device (Optional[str]): Torch device; None follows spacy.prefer_gpu/require_gpu.
         dtype (str): "float32" (exact), or "bfloat16"/"float16" autocast.
+        attention (str): "eager" (transformers' own) or "sdpa" (entity-aware attention fused
+            into one scaled_dot_product_attention call per layer).
         overwrite_ents (bool): Replace entities already on the Doc instead of keeping them.
         spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
         set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
@@ -169,6 +178,7 @@ class LukeEntityRecognizer(TrainablePipe):
             max_batch_items=max_batch_items,
             device=device,
             dtype=dtype,
+            attention=attention,
         )
         self.vocab = vocab
         self.model = model
@@ -182,6 +192,7 @@ class LukeEntityRecognizer(TrainablePipe):
             "max_batch_items": max_batch_items,
             "device": device,
             "dtype": dtype,
+            "attention": attention,
             "overwrite_ents": overwrite_ents,
             "spans_key": spans_key,
             "set_trf_data": set_trf_data,
@@ -208,14 +219,56 @@ class LukeEntityRecognizer(TrainablePipe):
         )
 
     def initialize(
-        self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *, nlp=None
+        self,
+        get_examples: Optional[Callable[[], Iterable[Example]]] = None,
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
     ) -> None:
-        """Load the checkpoint named in the model config, so errors surface early.
+        """Load the checkpoint; for training, give it a head for the training labels.
 
-        get_examples (Optional[Callable[[], Iterable[Example]]]): Unused for inference.
-        nlp (Language): The current nlp object.
+        Without examples or labels the checkpoint is loaded as it is (inference), so a wrong
+        model name fails here rather than on the first Doc. With them, the head is kept when
+        the checkpoint already has exactly these labels and freshly initialized otherwise
+        (also for pretrained-only LUKE checkpoints). Gold entities that can never be
+        candidate spans are counted and reported.
+
+        get_examples (Optional[Callable[[], Iterable[Example]]]): The training data.
+        nlp (Optional[Language]): The current nlp object.
+        labels (Optional[Sequence[str]]): Entity labels, e.g. from
+            `[initialize.components.luke_ner]`; read from the examples when None.
         """
+        examples = list(get_examples()) if get_examples is not None else []
+        if labels is None:
+            # spaCy passes a placeholder example without entities when there is no data:
+            # that is an inference pipeline being initialized, not a training set.
+            labels = sorted({ent.label_ for eg in examples for ent in eg.reference.ents}) or None
+        if labels is None:
+            self._objects()
+            return
+        if not labels:
+            raise ValueError(
+                "luke_ner: the training data has no entities, so there are no labels to "
+                "train; give them in [initialize.components.luke_ner] labels = [...]."
+            )
+        self._on_load(load_weights(self.model, labels=list(labels)))
+        if examples:
+            report = self.coverage(examples)
+            self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
+            if report.n_lost:
+                warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
+            else:
+                logger.info("luke_ner: %s", report.describe())
+
+    def coverage(self, examples: Iterable[Example]) -> Coverage:
+        """Count the gold entities of the examples that can never be candidate spans."""
         self._objects()
+        report = Coverage()
+        for eg in examples:
+            gold = gold_doc(eg, self.sentences)
+            lengths = [len(ids) for ids in self._word_tokenizer([t.text for t in gold.doc])]
+            coverage(gold, lengths, self.cfg["max_mention_length"], report)
+        return report
 
     def _objects(self):
         objects = get_objects(self.model)
@@ -237,6 +290,10 @@ class LukeEntityRecognizer(TrainablePipe):
         entity_ids(objects.tokenizer)
         self.cfg["labels"] = labels_of(objects)
         self._word_tokenizer = WordTokenizer(objects.tokenizer)
+        if self.cfg["attention"] == "sdpa":
+            fuse_entity_aware_attention(objects.transformer)
+        else:
+            unfuse_entity_aware_attention(objects.transformer)
 
     def sentences(self, doc: Doc) -> List[Tuple[int, int]]:
         """The sentence word ranges the component scores.
@@ -253,8 +310,15 @@ class LukeEntityRecognizer(TrainablePipe):
         starts = starts if starts and starts[0] == 0 else [0, *starts]
         return list(zip(starts, [*starts[1:], len(doc)]))
 
-    def plan(self, docs: Sequence[Doc]) -> Tuple[List[Pass], List[List[Tuple[int, ...]]]]:
-        """The passes that score every candidate span of the Docs, and each Doc's word ids."""
+    def plan(
+        self, docs: Sequence[Doc], sentences: Optional[Sequence[List[Tuple[int, int]]]] = None
+    ) -> Tuple[List[Pass], List[List[Tuple[int, ...]]]]:
+        """The passes that score every candidate span of the Docs, and each Doc's word ids.
+
+        docs (Sequence[Doc]): The Docs.
+        sentences (Optional[Sequence[List[Tuple[int, int]]]]): Sentence ranges of each Doc;
+            `self.sentences(doc)` when None.
+        """
         self._objects()
         settings = self.settings
         passes: List[Pass] = []
@@ -266,7 +330,7 @@ class LukeEntityRecognizer(TrainablePipe):
                 plan_doc(
                     i,
                     word_ids,
-                    self.sentences(doc),
+                    self.sentences(doc) if sentences is None else sentences[i],
                     settings,
                 )
             )
@@ -322,25 +386,10 @@ class LukeEntityRecognizer(TrainablePipe):
         """Forward batches of passes under the batch budget; yields numpy results per batch."""
         if not passes:
             return
-        objects = self._objects()
         scorer = get_scorer(self.model)
-        device = self._device()
-        if next(scorer.parameters()).device != device:
-            scorer.to(device)
+        device = self._to_device()
         scorer.eval()
-        tokenizer = objects.tokenizer
-        mask_id, pad_entity_id = entity_ids(tokenizer)
-        for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
-            batch = collate(
-                [passes[i] for i in indices],
-                cls_id=tokenizer.cls_token_id,
-                sep_id=tokenizer.sep_token_id,
-                pad_id=tokenizer.pad_token_id,
-                mask_entity_id=mask_id,
-                pad_entity_id=pad_entity_id,
-                max_mention_length=self.cfg["max_mention_length"],
-                device=device,
-            )
+        for indices, batch in self._batches(passes, device):
             with torch.inference_mode(), self._autocast(device):
                 logits, words = scorer(batch, return_words=want_words)
             yield (
@@ -349,10 +398,37 @@ class LukeEntityRecognizer(TrainablePipe):
                 words.float().cpu().numpy() if words is not None else None,
             )
 
-    def _device(self) -> torch.device:
+    def _batches(
+        self, passes: Sequence[Pass], device: torch.device
+    ) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
+        """Tensor batches of passes under the batch budget, with their pass indices."""
+        tokenizer = self._objects().tokenizer
+        mask_id, pad_entity_id = entity_ids(tokenizer)
+        for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
+            yield (
+                indices,
+                collate(
+                    [passes[i] for i in indices],
+                    cls_id=tokenizer.cls_token_id,
+                    sep_id=tokenizer.sep_token_id,
+                    pad_id=tokenizer.pad_token_id,
+                    mask_entity_id=mask_id,
+                    pad_entity_id=pad_entity_id,
+                    max_mention_length=self.cfg["max_mention_length"],
+                    device=device,
+                ),
+            )
+
+    def _to_device(self) -> torch.device:
+        """Move the model to the configured device (or thinc's current one) and return it."""
         if self.cfg["device"] is not None:
-            return torch.device(self.cfg["device"])
-        return get_torch_default_device()
+            device = torch.device(self.cfg["device"])
+        else:
+            device = get_torch_default_device()
+        scorer = get_scorer(self.model)
+        if next(scorer.parameters()).device != device:
+            scorer.to(device)
+        return device
 
     def _autocast(self, device: torch.device):
         dtype = self.cfg["dtype"]
@@ -398,6 +474,78 @@ class LukeEntityRecognizer(TrainablePipe):
             if score.trf_data is not None:
                 doc._.trf_data = score.trf_data
 
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd=None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Learn from examples with the recipe's objective.
+
+        Every candidate span of each sentence (same windows, span limit and chunks as at
+        inference) is classified into its gold label or the no-entity class; the loss is the
+        cross-entropy averaged over all candidate spans of the examples.
+
+        examples (Iterable[Example]): A batch of Example objects.
+        drop (float): The dropout rate of the transformer.
+        sgd (thinc.api.Optimizer): The optimizer; None accumulates gradients only.
+        losses (Optional[Dict[str, float]]): Loss per component, updated in place.
+        RETURNS (Dict[str, float]): The updated losses dictionary.
+        """
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, "LukeEntityRecognizer.update")
+        if not examples:
+            return losses
+        golds = [gold_doc(eg, self.sentences) for eg in examples]
+        passes, _ = self.plan([g.doc for g in golds], [g.sentences for g in golds])
+        n_spans = sum(len(p.spans) for p in passes)
+        if n_spans == 0:
+            return losses
+        label_ids = {label: i for i, label in enumerate(self.cfg["labels"])}
+        for module in get_scorer(self.model).modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = drop
+        device = self._to_device()
+        for indices, batch in self._batches(passes, device):
+            targets = torch.full(batch["entity_ids"].shape, -1, dtype=torch.long)
+            for row, i in enumerate(indices):
+                p = passes[i]
+                gold = span_targets(p.spans, golds[p.doc].entities, label_ids)
+                targets[row, : len(gold)] = torch.tensor(gold)
+            logits, backprop = self.model.begin_update(batch)
+            loss, d_logits = span_loss(logits, targets.to(logits.device), n_spans)
+            backprop(d_logits)
+            losses[self.name] += loss
+        if sgd not in (None, False):
+            self.finish_update(sgd)
+        return losses
+
+    def get_loss(
+        self, examples: Iterable[Example], scores: Sequence[DocScores]
+    ) -> Tuple[float, List[numpy.ndarray]]:
+        """The recipe's loss of predicted scores, and its gradient per Doc.
+
+        examples (Iterable[Example]): The examples whose predicted Docs were scored.
+        scores (Sequence[DocScores]): The output of `predict` on those Docs.
+        RETURNS (Tuple[float, List[numpy.ndarray]]): The loss and d_logits of each Doc.
+        """
+        examples = list(examples)
+        label_ids = {label: i for i, label in enumerate(self.cfg["labels"])}
+        n_spans = max(1, sum(len(s.spans) for s in scores))
+        total, grads = 0.0, []
+        for eg, score in zip(examples, scores):
+            gold = gold_doc(eg, self.sentences)
+            spans = [tuple(s) for s in score.spans.tolist()]
+            targets = torch.tensor([span_targets(spans, gold.entities, label_ids)])
+            loss, grad = span_loss(torch.from_numpy(score.logits)[None], targets, n_spans)
+            total += loss
+            grads.append(grad[0].numpy())
+        return total, grads
+
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
         """Process a stream of Docs; forward passes are batched across Docs.
 
@@ -418,7 +566,8 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError(
-            "luke_ner takes its labels from the checkpoint's config.id2label."
+            "luke_ner takes its labels from the checkpoint's config.id2label, or for "
+            "training from the data or [initialize.components.luke_ner] labels."
         )
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -430,7 +579,9 @@ class LukeEntityRecognizer(TrainablePipe):
         }
         return util.to_bytes(serialize, exclude)
 
-    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()):
+    def from_bytes(
+        self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()
+    ) -> "LukeEntityRecognizer":
         """Load the component from bytes; never touches the network."""
         deserialize = {
             "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
@@ -440,7 +591,7 @@ class LukeEntityRecognizer(TrainablePipe):
         self._on_load(get_objects(self.model))
         return self
 
-    def to_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()) -> None:
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Save the component: cfg, and a Hugging Face folder (safetensors, tokenizer)."""
         objects = self._objects()
         serialize = {
@@ -449,7 +600,7 @@ class LukeEntityRecognizer(TrainablePipe):
         }
         util.to_disk(path, serialize, exclude)
 
-    def from_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()):
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()):
         """Load the component from a folder; never touches the network."""
 
         def load_model(p: Path) -> None:
@@ -473,6 +624,7 @@ def check_settings(
     max_batch_items: int,
     device: Optional[str],
     dtype: str,
+    attention: str,
 ) -> None:
     """Raise a ValueError that names the fix for an invalid setting."""
     for key, value in (
@@ -490,6 +642,8 @@ def check_settings(
         )
     if context not in CONTEXTS:
         raise ValueError(f"luke_ner: context must be one of {CONTEXTS}, got {context!r}.")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"luke_ner: attention must be one of {ATTENTIONS}, got {attention!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"luke_ner: dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
     if device is not None:

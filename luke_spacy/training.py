@@ -1,0 +1,125 @@
+"""Training targets of LUKE's recipe: every candidate span gets its gold label or no-entity."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from spacy.tokens import Doc
+from spacy.training import Example
+
+from .windowing import Span, subword_offsets
+
+NO_ENTITY_ID = 0
+
+
+@dataclass
+class GoldDoc:
+    """The predicted Doc of an Example with its sentences and gold entity spans.
+
+    doc (Doc): The Doc the component sees (`example.predicted`).
+    sentences (List[Tuple[int, int]]): Sentence word ranges on `doc`.
+    entities (Dict[Span, str]): Gold entity spans on `doc`, by label.
+    n_misaligned (int): Gold entities that do not map onto `doc`'s tokens.
+    """
+
+    doc: Doc
+    sentences: List[Tuple[int, int]]
+    entities: Dict[Span, str]
+    n_misaligned: int = 0
+
+
+@dataclass
+class Coverage:
+    """Gold entities that can and cannot be candidate spans, by reason."""
+
+    n_entities: int = 0
+    lost: Counter = field(default_factory=Counter)
+
+    @property
+    def n_lost(self) -> int:
+        return sum(self.lost.values())
+
+    def describe(self) -> str:
+        if not self.lost:
+            return f"All {self.n_entities} gold entities are candidate spans."
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.lost.items()))
+        return (
+            f"{self.n_lost} of {self.n_entities} gold entities are no candidate span, so the "
+            f"model can neither learn nor predict them ({reasons})."
+        )
+
+
+def gold_doc(example: Example, fallback_sentences) -> GoldDoc:
+    """Map an Example's gold entities (and sentences, if any) onto its predicted Doc.
+
+    fallback_sentences (Callable[[Doc], List[Tuple[int, int]]]): Sentence splitter used when
+        the reference has no sentence boundaries or a different tokenization.
+    """
+    doc, ref = example.predicted, example.reference
+    same_tokens = len(doc) == len(ref) and all(a.text == b.text for a, b in zip(doc, ref))
+    if same_tokens:
+        entities = {(e.start, e.end): e.label_ for e in ref.ents}
+        n_misaligned = 0
+        if ref.has_annotation("SENT_START"):
+            sentences = [(s.start, s.end) for s in ref.sents]
+        else:
+            sentences = fallback_sentences(doc)
+    else:
+        aligned = example.get_aligned_spans_y2x(ref.ents, allow_overlap=False)
+        entities = {(e.start, e.end): e.label_ for e in aligned}
+        n_misaligned = len(ref.ents) - len(aligned)
+        sentences = fallback_sentences(doc)
+    return GoldDoc(doc, sentences, entities, n_misaligned)
+
+
+def coverage(
+    gold: GoldDoc, word_lengths: Sequence[int], max_mention_length: int, into: Coverage
+) -> Coverage:
+    """Count gold entities that are no candidate span: too long, crossing sentences, etc."""
+    offsets = subword_offsets(word_lengths)
+    into.n_entities += len(gold.entities) + gold.n_misaligned
+    if gold.n_misaligned:
+        into.lost["not aligned to the tokens"] += gold.n_misaligned
+    sentence_of = {}
+    for k, (start, end) in enumerate(gold.sentences):
+        for i in range(start, end):
+            sentence_of[i] = k
+    for start, end in gold.entities:
+        if sentence_of.get(start) != sentence_of.get(end - 1):
+            into.lost["crossing a sentence boundary"] += 1
+        elif offsets[end] - offsets[start] > max_mention_length:
+            into.lost[f"longer than max_mention_length ({max_mention_length} subwords)"] += 1
+        elif offsets[start + 1] == offsets[start] or offsets[end] == offsets[end - 1]:
+            into.lost["starting or ending on a token without subwords"] += 1
+    return into
+
+
+def span_targets(spans: Sequence[Span], entities: Dict[Span, str], label_ids: Dict[str, int]):
+    """Gold label id of each candidate span (no-entity when it is not a gold entity)."""
+    return [label_ids.get(entities.get(span, ""), NO_ENTITY_ID) for span in spans]
+
+
+def span_loss(
+    logits: torch.Tensor, targets: torch.Tensor, normalizer: int
+) -> Tuple[float, torch.Tensor]:
+    """Cross-entropy over candidate spans and its gradient w.r.t. the logits.
+
+    logits (torch.Tensor): (rows, spans, labels) logits.
+    targets (torch.Tensor): (rows, spans) label ids, -1 for padding.
+    normalizer (int): Number of spans the loss is averaged over (all spans of the update, so
+        splitting an update into several forward batches does not change the gradient).
+    RETURNS (Tuple[float, torch.Tensor]): The summed loss / normalizer and d_logits.
+    """
+    with torch.no_grad():
+        valid = targets >= 0
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        safe = targets.clamp(min=0)
+        picked = log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        loss = -(picked * valid).sum() / normalizer
+        grad = log_probs.exp()
+        grad.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
+        grad = grad * valid.unsqueeze(-1) / normalizer
+    return float(loss), grad.to(logits.dtype)
