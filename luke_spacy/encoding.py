@@ -83,10 +83,13 @@ def plan_doc(
         units = sentence_units(
             offsets, start, end, settings.max_mention_length, settings.max_length
         )
+        # Context comes from the whole Doc, or with sentence context from the sentence alone
+        # (which matters for a sentence longer than the window, split into several units).
+        ctx = (0, n_subwords) if settings.document_context else (offsets[start], offsets[end])
         for unit in units:
-            begin, stop = window_for(
-                unit.core, n_subwords, settings.max_length, settings.document_context
-            )
+            core = (unit.core[0] - ctx[0], unit.core[1] - ctx[0])
+            begin, stop = window_for(core, ctx[1] - ctx[0], settings.max_length, True)
+            begin, stop = begin + ctx[0], stop + ctx[0]
             # +1 for the leading special token; ends are inclusive (last subword).
             starts = [offsets[i] - begin + 1 for i, _ in unit.spans]
             ends = [offsets[j] - begin for _, j in unit.spans]

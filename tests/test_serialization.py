@@ -1,0 +1,194 @@
+"""Saving and loading pipelines with `luke_ner`: weights travel with the pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+
+TEXTS = [
+    "She met Barack Obama in Paris !",
+    "Beyoncé lives in Los Angeles . EU rejects German call to boycott British lamb .",
+    "Peter Blackburn BRUSSELS 1996-08-22",
+]
+
+
+def make_nlp(path, **cfg):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": str(path)}, **cfg})
+    return nlp
+
+
+def outputs(nlp):
+    pipe = nlp.get_pipe("luke_ner")
+    docs = [nlp(t) for t in TEXTS]
+    scores = pipe.predict([nlp.make_doc(t) for t in TEXTS])
+    return [[(e.start, e.end, e.label_) for e in d.ents] for d in docs], scores
+
+
+def assert_same(a, b):
+    ents_a, scores_a = a
+    ents_b, scores_b = b
+    assert ents_a == ents_b
+    assert any(ents_a)
+    for x, y in zip(scores_a, scores_b):
+        assert x.spans.tolist() == y.spans.tolist()
+        numpy.testing.assert_array_equal(x.logits, y.logits)
+
+
+@pytest.fixture()
+def private_checkpoint(tiny_luke, tmp_path):
+    """A copy of the tiny checkpoint that a test may delete."""
+    return shutil.copytree(tiny_luke, tmp_path / "private_ckpt")
+
+
+@pytest.fixture()
+def no_network(monkeypatch, tmp_path):
+    """Block sockets and point the Hugging Face cache at an empty folder."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    empty = tmp_path / "empty_hf_home"
+    empty.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(empty))
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty / "hub"))
+    return empty
+
+
+def test_to_disk_from_disk(tiny_luke, tmp_path):
+    nlp = make_nlp(tiny_luke)
+    before = outputs(nlp)
+    nlp.to_disk(tmp_path / "pipeline")
+    model_dir = tmp_path / "pipeline" / "luke_ner" / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "config.json").is_file()
+    for name in ("vocab.json", "merges.txt", "entity_vocab.json", "tokenizer_config.json"):
+        assert (model_dir / name).is_file(), name
+    assert not list(model_dir.glob("*.bin"))
+    # into a fresh component of the same config
+    other = make_nlp(tiny_luke).from_disk(tmp_path / "pipeline")
+    assert_same(before, outputs(other))
+    # and through spacy.load
+    assert_same(before, outputs(spacy.load(tmp_path / "pipeline")))
+
+
+def test_to_bytes_from_bytes(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    before = outputs(nlp)
+    data = nlp.to_bytes()
+    other = make_nlp(tiny_luke).from_bytes(data)
+    assert_same(before, outputs(other))
+    pipe_data = nlp.get_pipe("luke_ner").to_bytes()
+    other = make_nlp(tiny_luke)
+    other.get_pipe("luke_ner").from_bytes(pipe_data)
+    assert_same(before, outputs(other))
+    assert other.get_pipe("luke_ner").labels == nlp.get_pipe("luke_ner").labels
+
+
+def test_from_bytes_uses_the_saved_weights_not_the_named_checkpoint(
+    tiny_luke, private_checkpoint, tmp_path
+):
+    nlp = make_nlp(private_checkpoint)
+    before = outputs(nlp)
+    data = nlp.to_bytes()
+    shutil.rmtree(private_checkpoint)
+    other = make_nlp(private_checkpoint).from_bytes(data)
+    assert_same(before, outputs(other))
+
+
+def test_mluke_round_trip(tiny_mluke, tmp_path):
+    nlp = make_nlp(tiny_mluke)
+    before = outputs(nlp)
+    nlp.to_disk(tmp_path / "mluke")
+    assert (tmp_path / "mluke" / "luke_ner" / "model" / "model.safetensors").is_file()
+    loaded = spacy.load(tmp_path / "mluke")
+    assert_same(before, outputs(loaded))
+    assert loaded.get_pipe("luke_ner").labels == ("LOC", "PER", "ORG", "MISC")
+    from_bytes = make_nlp(tiny_mluke).from_bytes(nlp.to_bytes())
+    assert_same(before, outputs(from_bytes))
+
+
+def test_spacy_load_offline(private_checkpoint, tmp_path, no_network):
+    nlp = make_nlp(private_checkpoint, max_mention_length=8, context="sentence")
+    before = outputs(nlp)
+    nlp.to_disk(tmp_path / "pipeline")
+    # the checkpoint the config names is gone: only the saved folder can provide weights
+    shutil.rmtree(private_checkpoint)
+    with pytest.raises(OSError, match="network"):
+        socket.create_connection(("huggingface.co", 443))
+    loaded = spacy.load(tmp_path / "pipeline")
+    pipe = loaded.get_pipe("luke_ner")
+    assert pipe.cfg["max_mention_length"] == 8 and pipe.cfg["context"] == "sentence"
+    assert_same(before, outputs(loaded))
+    assert not any(no_network.iterdir()), "nothing was written to the HF cache"
+
+
+CONFIG = """
+[nlp]
+lang = "en"
+pipeline = ["luke_ner"]
+
+[components]
+
+[components.luke_ner]
+factory = "luke_ner"
+max_mention_length = 12
+
+[components.luke_ner.model]
+name = "{name}"
+"""
+
+
+def test_config_round_trip_with_spacy_assemble(private_checkpoint, tmp_path):
+    config = tmp_path / "config.cfg"
+    config.write_text(CONFIG.format(name=private_checkpoint.as_posix()))
+    out = tmp_path / "assembled"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "assemble", str(config), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "luke_ner" / "model" / "model.safetensors").is_file()
+    expected = outputs(make_nlp(private_checkpoint, max_mention_length=12))
+    shutil.rmtree(private_checkpoint)
+    nlp = spacy.load(out)
+    assert nlp.pipe_names == ["luke_ner"]
+    assert nlp.get_pipe("luke_ner").cfg["max_mention_length"] == 12
+    assert nlp.config["components"]["luke_ner"]["model"]["@architectures"] == (
+        "luke_spacy.LukeSpanClassifier.v1"
+    )
+    assert_same(expected, outputs(nlp))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipe.py from_disk/from_bytes run self.cfg.update(saved cfg), which overwrites the "
+    "settings the constructor got from the (overridden) config: spacy.load(path, config=...) "
+    "overrides of max_mention_length, context, attention, device, ... are silently ignored",
+)
+def test_load_time_config_overrides_are_applied(tiny_luke, tmp_path):
+    nlp = make_nlp(tiny_luke, max_mention_length=8)
+    nlp.to_disk(tmp_path / "pipeline")
+    overrides = {"components": {"luke_ner": {"max_mention_length": 2, "context": "sentence"}}}
+    loaded = spacy.load(tmp_path / "pipeline", config=overrides)
+    assert loaded.config["components"]["luke_ner"]["max_mention_length"] == 2
+    pipe = loaded.get_pipe("luke_ner")
+    # what the component does must follow the config it reports
+    assert pipe.cfg["max_mention_length"] == 2
+    assert pipe.cfg["context"] == "sentence"
