@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from .windowing import Span, equal_chunks, sentence_units, subword_offsets, window_for
+from .windowing import Span, Unit, equal_chunks, sentence_units, subword_offsets, window_for
 
 
 @dataclass
@@ -66,6 +66,7 @@ def plan_doc(
     word_ids: Sequence[Sequence[int]],
     sentences: Sequence[Tuple[int, int]],
     settings: RecipeSettings,
+    cover_all: bool = False,
 ) -> List[Pass]:
     """All passes needed to score every candidate span of one Doc.
 
@@ -73,6 +74,8 @@ def plan_doc(
     word_ids (Sequence[Sequence[int]]): Subword ids of each word (token) of the Doc.
     sentences (Sequence[Tuple[int, int]]): Sentence word ranges, end exclusive.
     settings (RecipeSettings): Window, span and chunk limits.
+    cover_all (bool): Add span-less passes for subwords that no pass's core covers (a
+        sentence without candidates, over-long words), so every subword gets a word state.
     RETURNS (List[Pass]): The passes, sentence by sentence.
     """
     offsets = subword_offsets([len(ids) for ids in word_ids])
@@ -85,15 +88,16 @@ def plan_doc(
         )
         # Context comes from the whole Doc, or with sentence context from the sentence alone
         # (which matters for a sentence longer than the window, split into several units).
-        ctx = (0, n_subwords) if settings.document_context else (offsets[start], offsets[end])
+        context = (0, n_subwords) if settings.document_context else (offsets[start], offsets[end])
+        if cover_all:
+            units = _cover(units, (offsets[start], offsets[end]), settings.max_length)
         for unit in units:
-            core = (unit.core[0] - ctx[0], unit.core[1] - ctx[0])
-            begin, stop = window_for(core, ctx[1] - ctx[0], settings.max_length, True)
-            begin, stop = begin + ctx[0], stop + ctx[0]
+            begin, stop = window_for(unit.core, context, settings.max_length)
             # +1 for the leading special token; ends are inclusive (last subword).
             starts = [offsets[i] - begin + 1 for i, _ in unit.spans]
             ends = [offsets[j] - begin for _, j in unit.spans]
-            for lo, hi in equal_chunks(len(unit.spans), settings.max_entity_length):
+            chunks = equal_chunks(len(unit.spans), settings.max_entity_length) or [(0, 0)]
+            for lo, hi in chunks:
                 passes.append(
                     Pass(
                         doc=doc_index,
@@ -107,6 +111,17 @@ def plan_doc(
                     )
                 )
     return passes
+
+
+def _cover(units: List[Unit], sentence: Tuple[int, int], max_length: int) -> List[Unit]:
+    """Units plus span-less units for the parts of the sentence no unit's core covers."""
+    covered = sorted(unit.core for unit in units)
+    gaps, pos = [], sentence[0]
+    for begin, end in [*covered, (sentence[1], sentence[1])]:
+        for lo in range(pos, begin, max_length):
+            gaps.append(Unit((lo, min(begin, lo + max_length)), []))
+        pos = max(pos, end)
+    return sorted(units + gaps, key=lambda unit: unit.core)
 
 
 def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[int]]:
@@ -154,7 +169,8 @@ def collate(
     """
     n = len(passes)
     n_words = max(p.length for p in passes)
-    n_spans = max(len(p.spans) for p in passes)
+    # At least one (masked) entity slot: a batch of span-less passes still runs.
+    n_spans = max(1, max(len(p.spans) for p in passes))
     input_ids = torch.full((n, n_words), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, n_words), dtype=torch.long)
     entity_ids = torch.full((n, n_spans), pad_entity_id, dtype=torch.long)

@@ -332,6 +332,7 @@ class LukeEntityRecognizer(TrainablePipe):
                     word_ids,
                     self.sentences(doc) if sentences is None else sentences[i],
                     settings,
+                    cover_all=self.cfg["set_trf_data"],
                 )
             )
         return passes, doc_word_ids
@@ -570,6 +571,11 @@ class LukeEntityRecognizer(TrainablePipe):
             "training from the data or [initialize.components.luke_ner] labels."
         )
 
+    def _restore_cfg(self, saved: Dict[str, Any]) -> None:
+        # Settings come from the pipeline config (so load-time overrides apply); only what
+        # initialization learned is restored.
+        self.cfg.update({k: v for k, v in saved.items() if k in ("labels", "coverage")})
+
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """Serialize the component, weights and tokenizer included."""
         self._objects()
@@ -584,7 +590,7 @@ class LukeEntityRecognizer(TrainablePipe):
     ) -> "LukeEntityRecognizer":
         """Load the component from bytes; never touches the network."""
         deserialize = {
-            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "cfg": lambda b: self._restore_cfg(srsly.json_loads(b)),
             "model": lambda b: self.model.from_bytes(b),
         }
         util.from_bytes(bytes_data, deserialize, exclude)
@@ -607,7 +613,7 @@ class LukeEntityRecognizer(TrainablePipe):
             self.model.shims[0].set_objects(load_checkpoint(str(p), local_files_only=True))
 
         deserialize = {
-            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "cfg": lambda p: self._restore_cfg(srsly.read_json(p)),
             "model": load_model,
         }
         util.from_disk(path, deserialize, exclude)

@@ -121,15 +121,17 @@ def equal_chunks(n: int, max_size: int) -> List[Tuple[int, int]]:
     return [(i * size, min(n, (i + 1) * size)) for i in range(n_chunks) if i * size < n]
 
 
-def window_for(
-    core: Tuple[int, int], n_subwords: int, max_length: int, document_context: bool
-) -> Tuple[int, int]:
-    """The subword range [begin, end) of the window around a core.
+def window_for(core: Tuple[int, int], context: Tuple[int, int], max_length: int) -> Tuple[int, int]:
+    """The subword range [begin, end) of the balanced window around a core.
 
-    With `document_context` False the window is the core alone (sentence-only context).
+    core (Tuple[int, int]): Subword range the window must contain.
+    context (Tuple[int, int]): Subword range the window may draw from: the whole Doc for
+        document context, the sentence for sentence context.
+    max_length (int): Window size without special tokens.
+    RETURNS (Tuple[int, int]): The window.
     """
     begin, end = core
-    if not document_context:
-        return begin, end
-    n_left, n_right = balanced_context(begin, n_subwords - end, end - begin, max_length)
+    n_left, n_right = balanced_context(
+        begin - context[0], context[1] - end, end - begin, max_length
+    )
     return begin - n_left, end + n_right

@@ -396,12 +396,6 @@ def test_bfloat16_runs_on_cpu(tiny_luke):
         fp16(TEXTS[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipe.py predict() fills trf_data rows only from the cores of passes; a sentence "
-    "with no candidate span (e.g. a lone URL longer than max_mention_length subwords) gets "
-    "no pass, so its subwords silently get all-zero vectors",
-)
 def test_trf_data_rows_for_a_sentence_without_candidates(tiny_luke, hf_tokenizer):
     nlp = make_nlp(tiny_luke, set_trf_data=True)
     url = "https://www.example.com/a/very/long/path/to/some/page.html?query=1"

@@ -176,12 +176,6 @@ def test_config_round_trip_with_spacy_assemble(private_checkpoint, tmp_path):
     assert_same(expected, outputs(nlp))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipe.py from_disk/from_bytes run self.cfg.update(saved cfg), which overwrites the "
-    "settings the constructor got from the (overridden) config: spacy.load(path, config=...) "
-    "overrides of max_mention_length, context, attention, device, ... are silently ignored",
-)
 def test_load_time_config_overrides_are_applied(tiny_luke, tmp_path):
     nlp = make_nlp(tiny_luke, max_mention_length=8)
     nlp.to_disk(tmp_path / "pipeline")

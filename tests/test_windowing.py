@@ -100,12 +100,12 @@ def test_balanced_context_rejects_core_longer_than_window():
 
 def test_window_for():
     # document of 1000 subwords, sentence at [400, 410)
-    assert window_for((400, 410), 1000, 510, True) == (150, 660)
-    assert window_for((400, 410), 1000, 510, False) == (400, 410)
+    assert window_for((400, 410), (0, 1000), 510) == (150, 660)
+    assert window_for((400, 410), (400, 410), 510) == (400, 410)
     # document shorter than the window: the whole document
-    assert window_for((3, 7), 12, 510, True) == (0, 12)
+    assert window_for((3, 7), (0, 12), 510) == (0, 12)
     # at the very end
-    assert window_for((990, 1000), 1000, 510, True) == (490, 1000)
+    assert window_for((990, 1000), (0, 1000), 510) == (490, 1000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,13 +207,13 @@ def test_sentence_unit_in_a_long_document():
     assert units[0].core == (400, 410)
     assert units[0].spans == brute_force_spans(lengths, 400, 410, 16)
     assert len(units[0].spans) == 55
-    assert window_for(units[0].core, 1000, 510, True) == (150, 660)
+    assert window_for(units[0].core, (0, 1000), 510) == (150, 660)
 
 
 def test_one_word_sentence():
     offsets = subword_offsets([2, 3, 2])
     assert sentence_units(offsets, 1, 2, 16, 510) == [Unit((2, 5), [(1, 2)])]
-    assert window_for((2, 5), 7, 510, True) == (0, 7)
+    assert window_for((2, 5), (0, 7), 510) == (0, 7)
     # a one-word sentence whose word is longer than max_mention_length has no candidates
     assert sentence_units(subword_offsets([20]), 0, 1, 16, 510) == []
     # a whitespace-only sentence has none either
@@ -244,7 +244,7 @@ def _check_units(lengths, start, end, mml, max_length):
         assert offsets[start] <= a and b <= offsets[end]
         for i, j in unit.spans:
             assert a <= offsets[i] and offsets[j] <= b
-        win = window_for(unit.core, offsets[-1], max_length, True)
+        win = window_for(unit.core, (0, offsets[-1]), max_length)
         assert win[0] <= a and b <= win[1] and win[1] - win[0] <= max_length
         assert 0 <= win[0] and win[1] <= offsets[-1]
     if expected and offsets[end] - offsets[start] <= max_length:
