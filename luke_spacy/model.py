@@ -232,7 +232,8 @@ def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
             f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry; luke_ner "
             "needs the checkpoint's LukeTokenizer or MLukeTokenizer (entity_vocab.json)."
         )
-    return vocab["[MASK]"], vocab.get(getattr(tokenizer, "entity_pad_token", "[PAD]"), 0)
+    mask_id = getattr(tokenizer, "entity_mask_token_id", vocab["[MASK]"])
+    return mask_id, getattr(tokenizer, "entity_pad_token_id", vocab.get("[PAD]", 0))
 
 
 def save_checkpoint(objects: HFObjects, path: Path) -> None:
