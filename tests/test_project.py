@@ -1,0 +1,138 @@
+"""The spaCy project (project.yml, configs/, scripts/): a smoke run of the whole workflow."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from conftest import shared_path
+from spacy.training import Corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_project_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_project_yml_is_valid():
+    from weasel.util import load_project_config
+
+    config = load_project_config(ROOT, interpolate=True)
+    names = [cmd["name"] for cmd in config["commands"]]
+    assert config["workflows"]["all"] == [
+        "convert",
+        "assemble",
+        "evaluate",
+        "reference",
+        "benchmark",
+        "package",
+    ]
+    assert set(config["workflows"]["all"]) | {"make-model"} == set(names)
+    assert {"conll_dir", "model", "gpu_id", "max_docs", "name", "version"} <= set(config["vars"])
+    checksums = [a["checksum"] for a in config["assets"] if not a.get("extra")]
+    assert len(checksums) == 3 and all(len(c) == 32 for c in checksums)
+
+
+def test_config_builds_luke_ner(tiny_luke):
+    config = spacy.util.load_config(
+        ROOT / "configs" / "luke_ner.cfg", overrides={"paths.model": str(tiny_luke)}
+    )
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    assert nlp.pipe_names == ["luke_ner"]
+    assert nlp.get_pipe("luke_ner").model.attrs["name"] == str(tiny_luke)
+
+
+def test_gold_sentences_keeps_gold_boundaries(tmp_path):
+    from spacy.tokens import Doc, DocBin
+
+    nlp = spacy.blank("en")
+    doc = Doc(
+        nlp.vocab,
+        words="Peter Blackburn BRUSSELS 1996-08-22 The EU said so .".split(),
+        sent_starts=[True, False, True, False, True, False, False, False, False],
+    )
+    DocBin(docs=[doc]).to_disk(tmp_path / "d.spacy")
+    original = Corpus._make_example
+    try:
+        assert not next(iter(Corpus(tmp_path / "d.spacy")(nlp))).predicted.has_annotation(
+            "SENT_START"
+        )
+        _load_script("gold_sentences")
+        eg = next(iter(Corpus(tmp_path / "d.spacy")(nlp)))
+    finally:
+        Corpus._make_example = original
+    assert [s.text for s in eg.predicted.sents] == [s.text for s in doc.sents]
+
+
+def test_notebook_decode():
+    reference = _load_script("reference")
+    import numpy
+
+    spans = [(0, 1), (0, 2), (1, 2), (2, 3)]
+    logits = numpy.array(
+        [[0, 3, 0], [0, 0, 5], [1, 0, 0], [0, 2, 2]],
+        dtype="f",  # ties: first max (label 1)
+    )
+    ents = reference.notebook_decode(spans, logits, {0: "NIL", 1: "PER", 2: "LOC"}, 3)
+    assert ents == [(0, 2, "LOC"), (2, 3, "PER")]
+
+
+@pytest.mark.slow
+def test_workflow_all_on_a_small_slice(tmp_path, tiny_luke):
+    conll = shared_path("conll2003")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "project.yml", project)
+    shutil.copytree(ROOT / "configs", project / "configs")
+    shutil.copytree(SCRIPTS, project / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [
+        sys.executable, "-m", "spacy", "project", "run", "all", str(project),
+        "--vars.conll_dir", str(conll),
+        "--vars.model", str(tiny_luke),
+        "--vars.max_docs", "2",
+        "--vars.bench_batch_size", "1",
+        "--vars.bench_batches", "30",
+        "--vars.bench_warmup", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    counts = json.loads((project / "corpus" / "counts.json").read_text())
+    assert counts["max_docs"] == 2
+    assert {split: c["documents"] for split, c in counts["counts"].items()} == {
+        "train": 2,
+        "dev": 2,
+        "test": 2,
+    }
+    # spacy assemble saved the weights inside the pipeline.
+    assert (project / "training" / "luke_ner" / "luke_ner" / "model" / "model.safetensors").exists()
+
+    metrics = json.loads((project / "metrics" / "test.json").read_text())
+    assert {"ents_p", "ents_r", "ents_f", "ents_per_type"} <= set(metrics)
+    assert 0.0 <= metrics["ents_f"] <= 1.0
+
+    reference = json.loads((project / "metrics" / "reference.json").read_text())
+    assert reference["sentences"] == counts["counts"]["test"]["sentences"] > 0
+    assert reference["equal"] == reference["sentences"]
+    assert reference["differing_ids"] == []
+    assert reference["max_abs_logit_diff"] == 0.0
+
+    speed = json.loads((project / "metrics" / "speed.json").read_text())
+    assert speed["docs"] == 2 and speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0
+
+    package = project / "packages" / "en_luke_ner_conll03-0.1.0"
+    assert list((package / "dist").glob("en_luke_ner_conll03-0.1.0.tar.gz"))
+    assert "installs and loads offline" in proc.stdout
