@@ -15,20 +15,14 @@ from __future__ import annotations
 from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 
+from luke_spacy.corpus import copy_gold_sentences
+
 _make_example = Corpus._make_example
 
 
 def _make_example_with_sentences(self, nlp, reference: Doc, gold_preproc: bool) -> Example:
-    example = _make_example(self, nlp, reference, gold_preproc)
-    predicted = example.predicted
-    if (
-        reference.has_annotation("SENT_START")
-        and not predicted.has_annotation("SENT_START")
-        and [t.text for t in predicted] == [t.text for t in reference]
-    ):
-        for token, gold in zip(predicted, reference):
-            token.is_sent_start = gold.is_sent_start
-    return example
+    return copy_gold_sentences(_make_example(self, nlp, reference, gold_preproc))
 
 
+# `spacy evaluate` builds its Corpus itself, so a reader cannot be configured: patch it.
 Corpus._make_example = _make_example_with_sentences

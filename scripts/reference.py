@@ -106,8 +106,6 @@ class TransformersReference:
 
 def load_pipeline(path: str, max_mention_length: int):
     """The pipeline, its luke_ner switched to the settings where both procedures coincide."""
-    nlp = spacy.load(path)
-    pipe = nlp.get_pipe("luke_ner")
     settings = {
         "context": "sentence",
         "max_mention_length": max_mention_length,
@@ -116,10 +114,8 @@ def load_pipeline(path: str, max_mention_length: int):
         "dtype": "float32",
         "overwrite_ents": True,
     }
-    # Set on the component after loading: from_disk restores the saved cfg, which would
-    # override settings passed as config overrides to spacy.load.
-    pipe.cfg.update(settings)
-    return nlp, pipe
+    nlp = spacy.load(path, config={"components": {"luke_ner": settings}})
+    return nlp, nlp.get_pipe("luke_ner")
 
 
 def main(argv=None) -> int:
