@@ -205,3 +205,44 @@ def test_uncoverable_gold_entities_are_reported(tiny_luke):
     assert coverage["n_entities"] == 3
     assert coverage["crossing a sentence boundary"] == 1
     assert coverage["longer than max_mention_length (3 subwords)"] == 1
+
+
+def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
+    """`spacy train configs/luke_ner.cfg` end to end on new labels, then offline reload."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    docs = []
+    for eg in custom_examples(nlp) * 3:
+        doc = eg.reference
+        doc[0].is_sent_start = True
+        for token in doc[1:]:
+            token.is_sent_start = False
+        docs.append(doc)
+    DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
+    config = Path(__file__).resolve().parents[1] / "configs" / "luke_ner.cfg"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "spacy", "train", str(config),
+        "--output", str(tmp_path / "out"),
+        "--paths.train", str(tmp_path / "train.spacy"),
+        "--paths.dev", str(tmp_path / "train.spacy"),
+        "--paths.model", str(tiny_luke),
+        "--training.max_steps", "30",
+        "--training.eval_frequency", "10",
+        "--training.optimizer.learn_rate.total_steps", "30",
+        "--training.optimizer.learn_rate.warmup_steps", "1",
+        "--training.optimizer.learn_rate.initial_rate", "0.005",
+        "--training.dropout", "0.0",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = spacy.load(tmp_path / "out" / "model-last")
+    assert trained.get_pipe("luke_ner").labels == ("ANIMAL", "FOOD")
+    scores = trained.evaluate(custom_examples(trained))
+    assert scores["ents_f"] >= 0.8
