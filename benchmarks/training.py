@@ -1,0 +1,133 @@
+"""Training benchmark: a small LUKE-shaped model trained from scratch on CoNLL-2003.
+
+    python benchmarks/training.py --conll DIR --budget-seconds 600 --out train.json
+
+Trains `luke_ner` (random weights, the real RoBERTa vocabulary when --bpe-dir is given) with the
+recipe's objective on CoNLL-2003 train for a fixed time budget, then reports the entity F1 on
+the first dev documents and the time per epoch (measured seconds per training word times the
+words of the training set). It measures the training machinery, not LUKE's accuracy: LUKE's
+accuracy comes from its pretraining, which a from-scratch model does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import spacy
+import torch
+from spacy.tokens import Doc
+from spacy.training import Example
+from thinc.api import Adam, warmup_linear
+
+from luke_spacy.conll import make_docs, read_conll, split_path
+from luke_spacy.random_model import build_random_checkpoint
+
+SMALL = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 512,
+    "entity_emb_size": 128,
+}
+
+
+def examples(nlp, docs):
+    """Examples whose predicted Docs have the gold words and sentence boundaries."""
+    out = []
+    for ref in docs:
+        pred = Doc(
+            nlp.vocab, words=[t.text for t in ref], sent_starts=[t.is_sent_start for t in ref]
+        )
+        out.append(Example(pred, ref))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conll", type=Path, required=True, help="folder with eng.train etc.")
+    parser.add_argument("--bpe-dir", type=Path, help="RoBERTa vocab.json/merges.txt folder")
+    parser.add_argument("--budget-seconds", type=float, default=600)
+    parser.add_argument("--dev-docs", type=int, default=20)
+    parser.add_argument("--batch-words", type=int, default=500)
+    parser.add_argument("--learn-rate", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    torch.manual_seed(0)
+
+    vocab = spacy.blank("en").vocab
+    train_docs = list(make_docs(vocab, read_conll(split_path(args.conll, "train"))))
+    dev_docs = list(make_docs(vocab, read_conll(split_path(args.conll, "dev"))))[: args.dev_docs]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = [" ".join(t.text for t in doc) for doc in train_docs[:200]]
+        model_dir = build_random_checkpoint(
+            Path(tmp) / "model", config=SMALL, bpe_dir=args.bpe_dir, corpus=corpus,
+            vocab_size=8000,
+        )  # fmt: skip
+        nlp = spacy.blank("en", vocab=vocab)
+        nlp.add_pipe("luke_ner", config={"model": {"name": str(model_dir)}, "device": args.device})
+        train = examples(nlp, train_docs)
+        dev = examples(nlp, dev_docs)
+        nlp.initialize(lambda: train)
+    n_train_words = sum(len(eg.reference) for eg in train)
+    schedule = warmup_linear(args.learn_rate, 100, 100_000)
+    optimizer = Adam(schedule)
+    start = time.perf_counter()
+    steps = words = 0
+    losses: list = []
+    while time.perf_counter() - start < args.budget_seconds:
+        random.shuffle(train)
+        batch, size = [], 0
+        for eg in train:
+            batch.append(eg)
+            size += len(eg.reference)
+            if size < args.batch_words:
+                continue
+            loss = nlp.update(batch, sgd=optimizer, drop=0.1)["luke_ner"]
+            optimizer.step_schedules()
+            steps += 1
+            words += size
+            losses.append(loss)
+            batch, size = [], 0
+            if time.perf_counter() - start >= args.budget_seconds:
+                break
+    train_seconds = time.perf_counter() - start
+    eval_start = time.perf_counter()
+    scores = nlp.evaluate(dev)
+    eval_seconds = time.perf_counter() - eval_start
+    dev_words = sum(len(eg.reference) for eg in dev)
+    report = {
+        "model": SMALL,
+        "vocabulary": "RoBERTa BPE" if args.bpe_dir else "BPE trained on 200 train documents",
+        "device": args.device,
+        "threads": args.threads,
+        "budget_seconds": args.budget_seconds,
+        "steps": steps,
+        "train_words_seen": words,
+        "epochs_seen": words / n_train_words,
+        "seconds_per_epoch": train_seconds * n_train_words / max(words, 1),
+        "loss_first_10_steps": sum(losses[:10]) / max(1, len(losses[:10])),
+        "loss_last_10_steps": sum(losses[-10:]) / max(1, len(losses[-10:])),
+        "dev_documents": len(dev),
+        "dev_words": dev_words,
+        "dev_ents_f": scores["ents_f"],
+        "dev_ents_p": scores["ents_p"],
+        "dev_ents_r": scores["ents_r"],
+        "dev_eval_words_per_second": dev_words / eval_seconds,
+    }
+    print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
