@@ -1,0 +1,394 @@
+"""Shared pieces of the benchmarks: CoNLL reading, Doc building, the baselines, FLOPs.
+
+The CoNLL reader here is deliberately minimal (words only); it should be merged with
+`luke_spacy/conll.py` once that module has settled.
+
+Baselines (both fp32, eager transformers attention, `LukeForEntitySpanClassification.forward`
+on a model instance of their own, so a fused or autocast component never leaks into them):
+
+* B1, the straightforward recipe: the same passes as the component (its `plan`), one forward
+  per pass (batch of one), greedy decoding per sentence.
+* B2, what a user writes from the Hugging Face docs: the checkpoint's `LukeTokenizer` on each
+  sentence's text with every word span of the sentence as `entity_spans`, one forward per
+  sentence, no document context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import torch
+
+Sentence = List[str]
+Document = List[Sentence]
+Entity = Tuple[int, int, str]  # word start, word end (exclusive) within the sentence, label
+
+MODES = ("exact", "exact+sdpa", "bf16", "bf16+sdpa")
+MODE_SETTINGS: Dict[str, Dict[str, str]] = {
+    "exact": {"dtype": "float32", "attention": "eager"},
+    "exact+sdpa": {"dtype": "float32", "attention": "sdpa"},
+    "bf16": {"dtype": "bfloat16", "attention": "eager"},
+    "bf16+sdpa": {"dtype": "bfloat16", "attention": "sdpa"},
+}
+
+
+def read_conll(path: str | Path, max_docs: Optional[int] = None) -> List[Document]:
+    """Documents of a CoNLL-2003 file, each a list of sentences of words.
+
+    `-DOCSTART-` lines start a document, blank lines end a sentence; only the first column
+    is kept. A file without `-DOCSTART-` is one document.
+    """
+    docs: List[Document] = []
+    sentence: Sentence = []
+    current: Optional[Document] = None
+
+    def flush() -> None:
+        nonlocal sentence, current
+        if sentence:
+            if current is None:
+                current = []
+                docs.append(current)
+            current.append(sentence)
+            sentence = []
+
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                flush()
+            elif parts[0] == "-DOCSTART-":
+                flush()
+                if max_docs is not None and len(docs) >= max_docs:
+                    break
+                current = []
+                docs.append(current)
+            else:
+                sentence.append(parts[0])
+    flush()
+    docs = [d for d in docs if d]
+    return docs[:max_docs] if max_docs is not None else docs
+
+
+def make_doc(vocab: Any, document: Document, sentence_boundaries: bool = True) -> Any:
+    """One spaCy Doc for a CoNLL document, sentence starts from the file."""
+    from spacy.tokens import Doc
+
+    words = [w for sentence in document for w in sentence]
+    sent_starts = [i == 0 for sentence in document for i in range(len(sentence))]
+    if not sentence_boundaries:
+        return Doc(vocab, words=words)
+    return Doc(vocab, words=words, sent_starts=sent_starts)
+
+
+def sentence_ranges(document: Document) -> List[Tuple[int, int]]:
+    """Word ranges of the sentences within the document's Doc."""
+    out, start = [], 0
+    for sentence in document:
+        out.append((start, start + len(sentence)))
+        start += len(sentence)
+    return out
+
+
+def entities_by_sentence(doc: Any, document: Document) -> List[Set[Entity]]:
+    """The Doc's entities, per sentence, with sentence-relative word offsets."""
+    ranges = sentence_ranges(document)
+    out: List[Set[Entity]] = [set() for _ in ranges]
+    k = 0
+    for ent in doc.ents:
+        while ranges[k][1] <= ent.start:
+            k += 1
+        start = ranges[k][0]
+        out[k].add((ent.start - start, ent.end - start, ent.label_))
+    return out
+
+
+def greedy(
+    spans: Sequence[Tuple[int, int]], logits: torch.Tensor, labels: Sequence[str]
+) -> Set[Tuple[int, int, str]]:
+    """The recipe's decoding: drop NIL (label 0), stable sort by max logit, no overlaps."""
+    if len(spans) == 0:
+        return set()
+    best, label = logits.float().max(dim=-1)
+    best, label = best.tolist(), label.tolist()
+    order = sorted((k for k in range(len(spans)) if label[k] != 0), key=lambda k: -best[k])
+    taken: Set[int] = set()
+    out = set()
+    for k in order:
+        start, end = spans[k]
+        if any(w in taken for w in range(start, end)):
+            continue
+        taken.update(range(start, end))
+        out.add((start, end, labels[label[k]]))
+    return out
+
+
+def load_pipeline(model_dir: str, mode: str, device: str, max_batch_items: Optional[int] = None):
+    """A blank English pipeline with `luke_ner` in the given mode, loaded and warm-ready.
+
+    Uses the component's `attention` setting when it has one; otherwise (older component) the
+    model is fused by hand with `luke_spacy.attention.fuse_entity_aware_attention`.
+    RETURNS (Tuple[Language, str]): The pipeline and how the attention was set.
+    """
+    import spacy
+
+    settings = dict(MODE_SETTINGS[mode])
+    config: Dict[str, Any] = {"model": {"name": model_dir}, "device": device}
+    config["dtype"] = settings["dtype"]
+    if max_batch_items is not None:
+        config["max_batch_items"] = max_batch_items
+    nlp = spacy.blank("en")
+    how = "config"
+    try:
+        nlp.add_pipe("luke_ner", config={**config, "attention": settings["attention"]})
+    except Exception as err:  # a config validation error of an older component
+        if settings["attention"] == "eager" or "attention" not in str(err):
+            raise
+        nlp = spacy.blank("en")
+        nlp.add_pipe("luke_ner", config=config)
+        how = "fuse_entity_aware_attention"
+    nlp.initialize()
+    if how != "config":
+        from luke_spacy.attention import fuse_entity_aware_attention
+
+        fuse_entity_aware_attention(scorer_of(nlp).hf)
+    return nlp, how
+
+
+def component(nlp: Any) -> Any:
+    return nlp.get_pipe("luke_ner")
+
+
+def scorer_of(nlp: Any) -> Any:
+    from luke_spacy.model import get_scorer
+
+    return get_scorer(component(nlp).model)
+
+
+def load_hf(model_dir: str, device: str):
+    """Tokenizer and an eager, fp32, eval-mode `LukeForEntitySpanClassification`."""
+    from transformers import AutoTokenizer, LukeForEntitySpanClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = LukeForEntitySpanClassification.from_pretrained(model_dir, local_files_only=True)
+    model.eval().to(device)
+    return tokenizer, model
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Timer:
+    """Wall and process CPU time of a block (the machine may be shared)."""
+
+    device: str = "cpu"
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        sync(self.device)
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.wall += time.perf_counter() - w
+            self.cpu += time.process_time() - c
+
+
+@dataclass
+class Flops:
+    """Forward FLOPs counted from shapes (transformer layers only).
+
+    Per layer and token: 5 d^2 MACs for the projections (two queries, key, value, output),
+    2 d d_ff for the feed-forward, and 2 T d for the attention over T keys; 2 FLOPs per MAC.
+    Embeddings and the span head are left out. `executed` counts padded positions as run,
+    `useful` only the real ones.
+    """
+
+    hidden: int
+    ffn: int
+    layers: int
+    executed: float = 0.0
+    useful: float = 0.0
+
+    @classmethod
+    def of(cls, config: Any) -> Flops:
+        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers)
+
+    def per_sequence(self, tokens: int, keys: int) -> float:
+        d = self.hidden
+        macs = tokens * (5 * d * d + 2 * d * self.ffn + 2 * keys * d)
+        return 2.0 * macs * self.layers
+
+    def add_batch(self, rows: int, padded: int, real: Sequence[int]) -> None:
+        self.executed += rows * self.per_sequence(padded, padded)
+        self.useful += sum(self.per_sequence(t, t) for t in real)
+
+
+def b1_predict(
+    nlp: Any,
+    model: Any,
+    docs: Sequence[Any],
+    documents: Sequence[Document],
+    device: str,
+    flops: Optional[Flops] = None,
+) -> Tuple[List[List[Set[Entity]]], int]:
+    """B1: the component's passes, one fp32 eager forward per pass, greedy per sentence.
+
+    RETURNS (Tuple[List[List[Set[Entity]]], int]): Entities per document and sentence, and
+        the number of forward passes.
+    """
+    from luke_spacy.encoding import collate
+    from luke_spacy.model import entity_ids
+
+    pipe = component(nlp)
+    passes, _ = pipe.plan(docs)
+    tokenizer = pipe.model.shims[0]._hfmodel.tokenizer
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    mask_id, pad_id = entity_ids(tokenizer)
+    spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
+    logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for p in passes:
+            batch = collate(
+                [p],
+                cls_id=tokenizer.cls_token_id,
+                sep_id=tokenizer.sep_token_id,
+                pad_id=tokenizer.pad_token_id,
+                mask_entity_id=mask_id,
+                pad_entity_id=pad_id,
+                max_mention_length=pipe.cfg["max_mention_length"],
+                device=device,
+            )
+            out = model(**batch)
+            if flops is not None:
+                n = p.length + len(p.spans)
+                flops.add_batch(1, n, [n])
+            key = (p.doc, p.sentence)
+            spans.setdefault(key, []).extend(p.spans)
+            logits.setdefault(key, []).append(out.logits[0].float().cpu())
+    result: List[List[Set[Entity]]] = []
+    for d, document in enumerate(documents):
+        ranges = sentence_ranges(document)
+        per_sentence = []
+        for s, (start, _) in enumerate(ranges):
+            key = (d, s)
+            if key not in spans:
+                per_sentence.append(set())
+                continue
+            found = greedy(spans[key], torch.cat(logits[key]), labels)
+            per_sentence.append({(a - start, b - start, lab) for a, b, lab in found})
+        result.append(per_sentence)
+    return result, len(passes)
+
+
+def b2_spans(sentence: Sentence, max_span_words: Optional[int] = None):
+    """Text, character spans and word spans of every word span of a sentence (HF docs style)."""
+    text = " ".join(sentence)
+    starts, ends, pos = [], [], 0
+    for word in sentence:
+        starts.append(pos)
+        ends.append(pos + len(word))
+        pos += len(word) + 1
+    word_spans = [
+        (i, j + 1)
+        for i in range(len(sentence))
+        for j in range(i, len(sentence))
+        if max_span_words is None or j - i < max_span_words
+    ]
+    char_spans = [(starts[i], ends[j - 1]) for i, j in word_spans]
+    return text, char_spans, word_spans
+
+
+def b2_predict(
+    tokenizer: Any,
+    model: Any,
+    documents: Sequence[Document],
+    device: str,
+    max_span_words: Optional[int] = None,
+    flops: Optional[Flops] = None,
+) -> Tuple[List[List[Set[Entity]]], int]:
+    """B2: per sentence, `tokenizer(text, entity_spans=all word spans)` and one forward.
+
+    Decoded with the same greedy decoding as B1 (the HF docs example prints every non-NIL
+    span; greedy decoding makes the outputs comparable).
+    """
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    result: List[List[Set[Entity]]] = []
+    n_forward = 0
+    with torch.inference_mode():
+        for document in documents:
+            per_sentence = []
+            for sentence in document:
+                text, char_spans, word_spans = b2_spans(sentence, max_span_words)
+                if not char_spans:
+                    per_sentence.append(set())
+                    continue
+                inputs = tokenizer(text, entity_spans=char_spans, return_tensors="pt")
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                out = model(**inputs)
+                n_forward += 1
+                if flops is not None:
+                    n = inputs["input_ids"].shape[1] + inputs["entity_ids"].shape[1]
+                    flops.add_batch(1, n, [n])
+                per_sentence.append(greedy(word_spans, out.logits[0].cpu(), labels))
+            result.append(per_sentence)
+    return result, n_forward
+
+
+def agreement(
+    a: Sequence[Sequence[Set[Entity]]], b: Sequence[Sequence[Set[Entity]]]
+) -> Dict[str, Any]:
+    """Share of sentences whose entity sets are identical, and entity-level overlap."""
+    same = total = common = n_a = n_b = 0
+    for doc_a, doc_b in zip(a, b):
+        for sa, sb in zip(doc_a, doc_b):
+            total += 1
+            same += sa == sb
+            common += len(sa & sb)
+            n_a += len(sa)
+            n_b += len(sb)
+    return {
+        "sentences_identical": same / total if total else 1.0,
+        "sentences": total,
+        "sentences_differing": total - same,
+        "entities": n_b,
+        "entities_reference": n_a,
+        "entities_common": common,
+    }
+
+
+def environment(device: str, threads: int) -> Dict[str, Any]:
+    import transformers
+
+    env: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": threads,
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(OSError):
+        env["loadavg_start"] = os.getloadavg()
+    return env
+
+
+def write_json(path: Optional[str], data: Dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,265 @@
+"""Peak memory of `nlp.pipe` on a 1,000,000-character Doc against a 100,000-character Doc.
+
+    python benchmarks/memory.py --model DIR --conll FILE --out FILE.json \
+        [--chars 100000 1000000] [--sentences file|none] [--mode exact+sdpa] [--device cpu]
+
+Each Doc size is measured in a fresh process: the pipeline is loaded and warmed up, the Doc
+is built (from the CoNLL words repeated, with the file's sentence boundaries or none, in
+which case the component splits sentences itself), then the kernel's peak-RSS counter is
+reset (`/proc/self/clear_refs`) and `nlp.pipe([doc])` runs. Reported per size:
+
+* rss_before / peak_rss: resident memory before the pipe and its peak during it;
+* pipe_peak_extra: peak_rss - rss_before, what processing the Doc cost on top;
+* doc_bytes: the Doc's own data (`len(doc.to_bytes())`, entities included afterwards);
+* outputs: candidate spans and their logits kept per Doc until decoding (O(Doc) by design);
+* largest_batch_positions against max_batch_items (the configured forward budget);
+* with `--tracemalloc`, the peak of Python-heap allocations (numpy included, torch not);
+* on GPU, torch.cuda.max_memory_allocated during the pipe;
+* rss_after_trim: RSS after the pipe once glibc has handed freed heap memory back
+  (`malloc_trim(0)`); the gap to rss_after is memory the allocator kept, not memory in use.
+
+The verdict compares the growth of pipe_peak_extra between the two sizes with the growth of
+the Doc's own data plus its span outputs: the forward passes must not add anything that
+grows with the Doc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import MODE_SETTINGS, component, load_pipeline, read_conll, write_json  # noqa: E402
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder")
+    parser.add_argument("--conll", required=True, help="CoNLL-2003 file whose words are used")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--chars", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--sentences", choices=["file", "none"], default="file")
+    parser.add_argument(
+        "--mode",
+        choices=sorted(MODE_SETTINGS),
+        default="exact+sdpa",
+        help="component mode (exact+sdpa by default: the same memory plan, faster on CPU)",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch-items", type=int, default=None)
+    parser.add_argument("--tracemalloc", action="store_true", help="also trace Python heap")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def malloc_trim() -> Optional[int]:
+    """Return freed heap memory to the OS (glibc); the resulting RSS in KiB, or None."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_kib()
+
+
+def build_doc(vocab, documents, n_chars: int, sentence_boundaries: bool):
+    """A Doc of at least n_chars characters from the CoNLL words, repeated as needed."""
+    from spacy.tokens import Doc
+
+    words: List[str] = []
+    starts: List[bool] = []
+    size = 0
+    while size < n_chars:
+        for document in documents:
+            for sentence in document:
+                for i, word in enumerate(sentence):
+                    words.append(word)
+                    starts.append(i == 0)
+                    size += len(word) + 1
+                if size >= n_chars:
+                    break
+            if size >= n_chars:
+                break
+    if sentence_boundaries:
+        return Doc(vocab, words=words, sent_starts=starts)
+    return Doc(vocab, words=words)
+
+
+def child(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch
+
+    from luke_spacy import pipe as pipe_module
+
+    torch.set_num_threads(args.threads)
+    n_chars = args.chars[0]
+    documents = read_conll(args.conll)
+    nlp, how = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
+    pipe = component(nlp)
+    list(nlp.pipe([build_doc(nlp.vocab, documents[:1], 2000, True)]))
+    doc = build_doc(nlp.vocab, documents, n_chars, args.sentences == "file")
+    doc_bytes_before = len(doc.to_bytes())
+    passes, _ = pipe.plan([doc])
+    n_passes, n_spans = len(passes), sum(len(p.spans) for p in passes)
+    del passes
+
+    batches: List[int] = []
+    original = pipe_module.collate
+
+    def spy(batch_passes, **kwargs):
+        width = max(p.length for p in batch_passes) + max(len(p.spans) for p in batch_passes)
+        batches.append(len(batch_passes) * width)
+        return original(batch_passes, **kwargs)
+
+    pipe_module.collate = spy
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start()
+    rss_before = rss_kib()
+    reset_ok = reset_peak_rss()
+    start = time.perf_counter()
+    out = list(nlp.pipe([doc]))
+    seconds = time.perf_counter() - start
+    peak = rss_kib("VmHWM")
+    rss_after = rss_kib()
+    trimmed = malloc_trim()
+    result: Dict[str, Any] = {
+        "chars": len(doc.text),
+        "words": len(doc),
+        "sentences": len(pipe.sentences(doc)),
+        "sentence_boundaries": args.sentences,
+        "passes": n_passes,
+        "candidate_spans": n_spans,
+        "seconds": round(seconds, 2),
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "pipe_peak_extra_mib": round((peak - rss_before) / 1024, 1),
+        "rss_after_mib": round(rss_after / 1024, 1),
+        # Freed heap memory that glibc kept: what malloc_trim(0) hands back after the pipe.
+        "rss_after_trim_mib": round(trimmed / 1024, 1) if trimmed is not None else None,
+        "peak_reset": reset_ok,
+        "doc_bytes_mib": round(doc_bytes_before / 2**20, 2),
+        "doc_bytes_after_mib": round(len(out[0].to_bytes()) / 2**20, 2),
+        # spans (2 x int32) + logits (n_labels x float32) of every candidate, held per Doc.
+        "span_outputs_mib": round(n_spans * (8 + 4 * len(pipe.cfg["labels"])) / 2**20, 2),
+        "entities": len(out[0].ents),
+        "forward_batches": len(batches),
+        "largest_batch_positions": max(batches, default=0),
+        "max_batch_items": pipe.cfg["max_batch_items"],
+        "mode": args.mode,
+        "attention_set_by": how,
+    }
+    if args.tracemalloc:
+        import tracemalloc
+
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result["python_heap_peak_mib"] = round(traced_peak / 2**20, 1)
+    if cuda:
+        torch.cuda.synchronize()
+        result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["cuda_extra_mib"] = round(
+            (torch.cuda.max_memory_allocated() - cuda_before) / 2**20, 1
+        )
+    pipe_module.collate = original
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return {}
+    runs: List[Dict[str, Any]] = []
+    for n_chars in args.chars:
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--model",
+            args.model,
+            "--conll",
+            args.conll,
+            "--chars",
+            str(n_chars),
+            "--sentences",
+            args.sentences,
+            "--mode",
+            args.mode,
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+        ]
+        if args.max_batch_items is not None:
+            command += ["--max-batch-items", str(args.max_batch_items)]
+        if args.tracemalloc:
+            command.append("--tracemalloc")
+        proc = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"child for {n_chars} chars failed ({proc.returncode})")
+        run = json.loads(lines[-1][len("RESULT ") :])
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    out: Dict[str, Any] = {"settings": vars(args), "runs": runs}
+    if len(runs) >= 2:
+        small, large = runs[0], runs[-1]
+        own_growth = (
+            large["doc_bytes_after_mib"]
+            + large["span_outputs_mib"]
+            - small["doc_bytes_after_mib"]
+            - small["span_outputs_mib"]
+        )
+        growth = large["pipe_peak_extra_mib"] - small["pipe_peak_extra_mib"]
+        out["verdict"] = {
+            "chars_ratio": round(large["chars"] / small["chars"], 2),
+            "pipe_peak_extra_growth_mib": round(growth, 1),
+            "doc_and_span_outputs_growth_mib": round(own_growth, 1),
+            "growth_beyond_doc_data_mib": round(growth - own_growth, 1),
+            "within_batch_budget": all(
+                r["largest_batch_positions"] <= r["max_batch_items"] for r in runs
+            ),
+        }
+        print(json.dumps(out["verdict"]), flush=True)
+    write_json(args.out, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

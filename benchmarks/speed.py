@@ -1,0 +1,309 @@
+"""Speed of `luke_ner` against two baselines on CoNLL-2003 documents.
+
+    python benchmarks/speed.py --model DIR --conll FILE --max-docs N --out FILE.json \
+        [--modes exact exact+sdpa bf16+sdpa] [--threads 2] [--device cpu|cuda] [--rounds R]
+
+* B1, the straightforward recipe: the component's own passes (`plan`), one fp32 eager
+  forward of `LukeForEntitySpanClassification` per pass, greedy decoding per sentence.
+* B2, the Hugging Face docs way: `LukeTokenizer(sentence text, entity_spans=every word
+  span)`, one forward per sentence, no document context (`--b2-max-span-words` caps the span
+  length in words; by default every span i <= j of the sentence is classified, with no limit:
+  CoNLL sentences fit the 512-token input, and the entity count only costs time).
+* ours: `nlp.pipe` with `luke_ner` in each mode: exact (fp32, eager attention, the default),
+  exact+sdpa (fp32, fused entity-aware attention), bf16 / bf16+sdpa (autocast; meant for GPU).
+
+All models are loaded first and each method runs once on a small warm-up Doc (untimed). The
+methods then run in turn, `--rounds` times (interleaved, so a shared machine's load hits them
+alike); each method's best round is reported, all rounds are kept in the JSON. Docs are
+built one per CoNLL document with the file's sentence boundaries. Reported per method:
+seconds (wall and process CPU time), words/s, docs/s, forward passes, speed-up over B1 and B2,
+and agreement of the entities with B1 per sentence. With `--device cuda` also the forward
+FLOPs counted from shapes, TFLOP/s and the share of `--peak-tflops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    MODES,
+    Flops,
+    Timer,
+    agreement,
+    b1_predict,
+    b2_predict,
+    component,
+    entities_by_sentence,
+    environment,
+    load_hf,
+    load_pipeline,
+    make_doc,
+    read_conll,
+    scorer_of,
+    write_json,
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder")
+    parser.add_argument("--conll", required=True, help="CoNLL-2003 file, e.g. eng.testb")
+    parser.add_argument("--max-docs", type=int, default=None, help="first N documents")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        default=None,
+        choices=MODES,
+        help="component modes (default: exact exact+sdpa, and bf16+sdpa on cuda)",
+    )
+    parser.add_argument(
+        "--baselines", nargs="*", default=["B1", "B2"], choices=["B1", "B2"], help="baselines"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="peak dense bf16 TFLOP/s of the GPU: 989 is the H100 SXM datasheet figure; "
+        "give the card's own (e.g. 790 where an H200 was measured at that)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
+    parser.add_argument("--batch-size", type=int, default=1000, help="nlp.pipe batch_size")
+    parser.add_argument("--max-batch-items", type=int, default=None, help="component setting")
+    parser.add_argument(
+        "--b2-max-span-words",
+        type=int,
+        default=None,
+        help="B2: longest candidate span in words (default: no limit)",
+    )
+    parser.add_argument("--warmup-words", type=int, default=60, help="size of the warm-up Doc")
+    return parser.parse_args(argv)
+
+
+def warmup_document(documents, n_words: int):
+    """The first sentences of the first document, about n_words words."""
+    out, total = [], 0
+    for sentence in documents[0]:
+        out.append(sentence)
+        total += len(sentence)
+        if total >= n_words:
+            break
+    return out
+
+
+# A method: run(documents, flops) -> (entities per doc and sentence, forward passes, extra).
+Run = Callable[[List[Any], Optional[Flops]], Tuple[List[Any], int, Dict[str, Any]]]
+
+
+def ours_method(nlp, batch_size: int) -> Run:
+    """`nlp.pipe` over fresh Docs; counts passes and forward batches (spy on collate)."""
+    from luke_spacy import pipe as pipe_module
+
+    def run(documents, flops):
+        docs = [make_doc(nlp.vocab, d) for d in documents]
+        batches: List[Tuple[int, int]] = []
+        original = pipe_module.collate
+
+        def spy(batch_passes, **kwargs):
+            rows = len(batch_passes)
+            width = max(p.length for p in batch_passes) + max(len(p.spans) for p in batch_passes)
+            batches.append((rows, width))
+            if flops is not None:
+                flops.add_batch(rows, width, [p.length + len(p.spans) for p in batch_passes])
+            return original(batch_passes, **kwargs)
+
+        pipe_module.collate = spy
+        try:
+            done = list(nlp.pipe(docs, batch_size=batch_size))
+        finally:
+            pipe_module.collate = original
+        entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
+        extra = {
+            "forward_batches": len(batches),
+            "padded_positions": sum(r * w for r, w in batches),
+            "largest_batch_positions": max((r * w for r, w in batches), default=0),
+            "max_batch_items": component(nlp).cfg["max_batch_items"],
+        }
+        return entities, sum(r for r, _ in batches), extra
+
+    return run
+
+
+def b1_method(nlp, model, device: str) -> Run:
+    def run(documents, flops):
+        docs = [make_doc(nlp.vocab, d) for d in documents]
+        entities, passes = b1_predict(nlp, model, docs, documents, device, flops)
+        return entities, passes, {}
+
+    return run
+
+
+def b2_method(tokenizer, model, device: str, max_span_words: Optional[int]) -> Run:
+    def run(documents, flops):
+        entities, passes = b2_predict(tokenizer, model, documents, device, max_span_words, flops)
+        return entities, passes, {}
+
+    return run
+
+
+def flops_row(flops: Optional[Flops], seconds: float, peak: float) -> Dict[str, Any]:
+    if flops is None or not seconds:
+        return {}
+    return {
+        "tflop_executed": round(flops.executed / 1e12, 3),
+        "tflop_useful": round(flops.useful / 1e12, 3),
+        "tflops_per_s": round(flops.executed / 1e12 / seconds, 2),
+        "useful_tflops_per_s": round(flops.useful / 1e12 / seconds, 2),
+        "share_of_peak": round(flops.executed / 1e12 / seconds / peak, 4),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = args.device
+    cuda = device.startswith("cuda")
+    modes = args.modes
+    if modes is None:
+        modes = ["exact", "exact+sdpa", "bf16+sdpa"] if cuda else ["exact", "exact+sdpa"]
+    documents = read_conll(args.conll, args.max_docs)
+    n_words = sum(len(s) for d in documents for s in d)
+    n_sentences = sum(len(d) for d in documents)
+    warm = [warmup_document(documents, args.warmup_words)]
+    out: Dict[str, Any] = {
+        "settings": {
+            "model": str(args.model),
+            "conll": str(args.conll),
+            "max_docs": args.max_docs,
+            "modes": modes,
+            "baselines": args.baselines,
+            "rounds": args.rounds,
+            "batch_size": args.batch_size,
+            "max_batch_items": args.max_batch_items,
+            "b2_max_span_words": args.b2_max_span_words,
+            "peak_tflops": args.peak_tflops if cuda else None,
+        },
+        "environment": environment(device, args.threads),
+        "data": {"documents": len(documents), "sentences": n_sentences, "words": n_words},
+        "results": {},
+    }
+
+    # Load everything first. The baselines get an eager fp32 model of their own; B1 takes
+    # its passes from an exact pipeline.
+    methods: Dict[str, Run] = {}
+    configs: Dict[str, Any] = {}
+    notes: Dict[str, Dict[str, Any]] = {}
+    if args.baselines:
+        ref_nlp, _ = load_pipeline(args.model, "exact", device, args.max_batch_items)
+        tokenizer, model = load_hf(args.model, device)
+        if "B1" in args.baselines:
+            methods["B1"] = b1_method(ref_nlp, model, device)
+            configs["B1"] = model.config
+        if "B2" in args.baselines:
+            methods["B2"] = b2_method(tokenizer, model, device, args.b2_max_span_words)
+            configs["B2"] = model.config
+    for mode in modes:
+        nlp, how = load_pipeline(args.model, mode, device, args.max_batch_items)
+        name = f"ours:{mode}"
+        methods[name] = ours_method(nlp, args.batch_size)
+        configs[name] = scorer_of(nlp).hf.config
+        notes[name] = {"attention_set_by": how}
+        if mode.startswith("bf16") and not cuda:
+            notes[name]["note"] = "autocast bfloat16 on CPU"
+    for run in methods.values():
+        run(warm, None)
+
+    walls: Dict[str, List[float]] = {name: [] for name in methods}
+    cpus: Dict[str, List[float]] = {name: [] for name in methods}
+    first: Dict[str, Tuple[List[Any], int, Dict[str, Any], Optional[Flops]]] = {}
+    for round_index in range(args.rounds):
+        for name, run in methods.items():
+            flops = Flops.of(configs[name]) if cuda and round_index == 0 else None
+            timer = Timer(device)
+            with timer():
+                entities, passes, extra = run(documents, flops)
+            walls[name].append(timer.wall)
+            cpus[name].append(timer.cpu)
+            if round_index == 0:
+                first[name] = (entities, passes, extra, flops)
+            print(
+                f"round {round_index + 1}/{args.rounds} {name:<16} {timer.wall:9.2f} s "
+                f"(cpu {timer.cpu:.2f} s)",
+                flush=True,
+            )
+
+    results: Dict[str, Any] = out["results"]
+    b1 = first.get("B1")
+    for name in methods:
+        entities, passes, extra, flops = first[name]
+        wall, cpu = min(walls[name]), min(cpus[name])
+        row: Dict[str, Any] = {
+            "seconds": round(wall, 3),
+            "cpu_seconds": round(cpu, 3),
+            "words_per_s": round(n_words / wall, 2),
+            "docs_per_s": round(len(documents) / wall, 4),
+            "passes": passes,
+            "seconds_all_rounds": [round(x, 3) for x in walls[name]],
+            "cpu_seconds_all_rounds": [round(x, 3) for x in cpus[name]],
+            "seconds_median": round(statistics.median(walls[name]), 3),
+        }
+        if b1 is not None and name != "B1":
+            row["x_B1"] = round(min(walls["B1"]) / wall, 3)
+            row["x_B1_cpu_time"] = round(min(cpus["B1"]) / cpu, 3)
+            row["agreement_with_B1"] = agreement(b1[0], entities)
+        if "B2" in walls and name.startswith("ours:"):
+            row["x_B2"] = round(min(walls["B2"]) / wall, 3)
+        row.update(extra)
+        row.update(notes.get(name, {}))
+        row.update(flops_row(flops, wall if args.rounds == 1 else walls[name][0], args.peak_tflops))
+        results[name] = row
+    with contextlib.suppress(OSError):
+        out["environment"]["loadavg_end"] = os.getloadavg()
+    write_json(args.out, out)
+    print_table(out)
+    return out
+
+
+def print_table(out: Dict[str, Any]) -> None:
+    data, env = out["data"], out["environment"]
+    print(
+        f"\n{data['documents']} documents, {data['sentences']} sentences, {data['words']} words"
+        f" on {env['device']} ({env['threads']} threads), best of "
+        f"{out['settings']['rounds']} round(s)"
+    )
+    header = f"{'method':<16} {'s':>9} {'cpu s':>9} {'words/s':>9} {'docs/s':>8} {'passes':>7}"
+    header += f" {'xB1':>6} {'xB1cpu':>6} {'xB2':>6} {'agreeB1':>8}"
+    if any("tflops_per_s" in row for row in out["results"].values()):
+        header += f" {'TFLOP/s':>8} {'peak%':>6}"
+    print(header)
+    for name, row in out["results"].items():
+        agree = row.get("agreement_with_B1", {}).get("sentences_identical")
+        line = (
+            f"{name:<16} {row['seconds']:9.2f} {row['cpu_seconds']:9.2f} "
+            f"{row['words_per_s']:9.1f} {row['docs_per_s']:8.3f} {row['passes']:7d} "
+            f"{_fmt(row.get('x_B1'))} {_fmt(row.get('x_B1_cpu_time'))} {_fmt(row.get('x_B2'))} "
+            f"{_fmt(agree, 8, 4)}"
+        )
+        if "tflops_per_s" in row:
+            line += f" {row['tflops_per_s']:8.2f} {100 * row['share_of_peak']:6.2f}"
+        print(line)
+
+
+def _fmt(value: Optional[float], width: int = 6, digits: int = 2) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
+
+
+if __name__ == "__main__":
+    main()
