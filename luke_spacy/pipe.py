@@ -47,7 +47,7 @@ context = "document"
 max_batch_items = 4096
 device = null
 dtype = "float32"
-attention = "eager"
+attention = "sdpa"
 overwrite_ents = false
 spans_key = "luke_ner"
 set_trf_data = false
@@ -145,7 +145,7 @@ class LukeEntityRecognizer(TrainablePipe):
         max_batch_items: int = 4096,
         device: Optional[str] = None,
         dtype: str = "float32",
-        attention: str = "eager",
+        attention: str = "sdpa",
         overwrite_ents: bool = False,
         spans_key: Optional[str] = "luke_ner",
         set_trf_data: bool = False,
