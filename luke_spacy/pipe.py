@@ -347,38 +347,41 @@ class LukeEntityRecognizer(TrainablePipe):
         objects = self._objects()
         passes, doc_word_ids = self.plan(docs)
         n_labels = len(self.cfg["labels"])
-        pass_logits: List[Optional[numpy.ndarray]] = [None] * len(passes)
+        # Each Doc's logits are filled in place, in the recipe's span order, so no batch
+        # output stays alive after its copy (a long Doc has tens of thousands of passes).
+        by_doc: List[List[int]] = [[] for _ in docs]
+        offset = [0] * len(passes)
+        sizes = [0] * len(docs)
+        for i, p in enumerate(passes):
+            by_doc[p.doc].append(i)
+            offset[i] = sizes[p.doc]
+            sizes[p.doc] += len(p.spans)
+        doc_logits = [numpy.zeros((n, n_labels), "f") for n in sizes]
         want_words = self.cfg["set_trf_data"]
         hidden: List[Optional[numpy.ndarray]] = [None] * len(docs)
         if want_words:
             width = objects.transformer.config.hidden_size
             hidden = [numpy.zeros((sum(map(len, ids)), width), "f") for ids in doc_word_ids]
-        for batch in self._run(passes, want_words):
-            indices, logits, words = batch
+        for indices, logits, words in self._run(passes, want_words):
             for row, i in enumerate(indices):
                 p = passes[i]
-                pass_logits[i] = logits[row, : len(p.spans)]
+                doc_logits[p.doc][offset[i] : offset[i] + len(p.spans)] = logits[
+                    row, : len(p.spans)
+                ]
                 if words is not None and _first_chunk(passes, i):
                     begin, stop = p.window
                     a, b = p.core
                     hidden[p.doc][a:b] = words[row, 1 + a - begin : 1 + b - begin]
         scores = []
-        by_doc: List[List[int]] = [[] for _ in docs]
-        for i, p in enumerate(passes):
-            by_doc[p.doc].append(i)
         for d in range(len(docs)):
-            spans = [s for i in by_doc[d] for s in passes[i].spans]
-            logits = (
-                numpy.concatenate([pass_logits[i] for i in by_doc[d]])
-                if spans
-                else numpy.zeros((0, n_labels), "f")
-            )
+            spans = numpy.zeros((sizes[d], 2), dtype="i")
+            for i in by_doc[d]:
+                if passes[i].spans:
+                    spans[offset[i] : offset[i] + len(passes[i].spans)] = passes[i].spans
             trf_data = (
                 _trf_data(doc_word_ids[d], hidden[d], objects.tokenizer) if want_words else None
             )
-            scores.append(
-                DocScores(numpy.asarray(spans, dtype="i").reshape(-1, 2), logits, trf_data)
-            )
+            scores.append(DocScores(spans, doc_logits[d], trf_data))
         return scores
 
     def _run(
@@ -451,13 +454,18 @@ class LukeEntityRecognizer(TrainablePipe):
             kept = [] if self.cfg["overwrite_ents"] else list(doc.ents)
             taken = [i for ent in kept for i in range(ent.start, ent.end)]
             logits = score.logits
-            accepted = greedy_decode(
-                [tuple(s) for s in score.spans.tolist()],
-                logits.max(axis=1).tolist() if len(logits) else [],
-                logits.argmax(axis=1).tolist() if len(logits) else [],
+            # Only spans with an entity label compete; filtering first keeps a long Doc's
+            # candidates out of Python objects.
+            label_ids = logits.argmax(axis=1) if len(logits) else numpy.zeros(0, "i")
+            keep = numpy.flatnonzero(label_ids != 0)
+            found = greedy_decode(
+                [tuple(span) for span in score.spans[keep].tolist()],
+                logits[keep].max(axis=1).tolist() if len(keep) else [],
+                label_ids[keep].tolist(),
                 no_entity_id=0,
                 taken=taken,
             )
+            accepted = [(span, label, int(keep[k])) for span, label, k in found]
             new = [Span(doc, s, e, label=labels[label]) for (s, e), label, _ in accepted]
             doc.ents = sorted(kept + new, key=lambda span: span.start)
             if spans_key is not None:
