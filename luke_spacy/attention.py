@@ -34,7 +34,6 @@ from transformers.models.luke.modeling_luke import LukeSelfAttention
 # Instance attributes used to mark a patched layer and to undo the patch.
 _ORIGINAL_FORWARD_ATTR = "_luke_spacy_original_forward"
 _HAD_INSTANCE_FORWARD_ATTR = "_luke_spacy_had_instance_forward"
-_CACHE_ATTR = "_luke_spacy_fused_weight_cache"
 
 # `Optional` rather than `X | None`: this alias is evaluated at runtime on 3.9.
 Weights = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -91,7 +90,6 @@ def unfuse_entity_aware_attention(model: nn.Module) -> int:
             # Deleting the instance attribute re-exposes the class method;
             # storing the bound method instead would keep a self-reference.
             del module.__dict__["forward"]
-        module.__dict__.pop(_CACHE_ATTR, None)
         n_restored += 1
     return n_restored
 
@@ -259,12 +257,6 @@ def _qkv_weights(layer: LukeSelfAttention) -> Weights:
     return _cached_weights(layer, "qkv", (layer.query, layer.key, layer.value), interleave=False)
 
 
-def _is_compiling() -> bool:
-    # Dynamo cannot trace `_version`/`data_ptr`; `torch.compiler` is 2.1+.
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
-
-
 def _cached_weights(
     layer: LukeSelfAttention,
     name: str,
@@ -272,47 +264,12 @@ def _cached_weights(
     *,
     interleave: bool,
 ) -> Weights:
-    """Return the fused weight/bias for `linears`, reusing a cached copy.
+    """The fused weight/bias for `linears`, concatenated on every call.
 
-    Correctness first: the cache is only used when no autograd graph is
-    recorded through the parameters (inference, frozen weights). While
-    training, the weights are concatenated on every call, which is cheap
-    next to the attention itself and keeps gradients flowing to the
-    original parameters; a cached tensor there would carry a stale graph.
+    Never cached: optimizers such as thinc's update the parameters' memory in place through
+    numpy/cupy views, which bumps neither the version counter nor the data pointer, so no
+    cache key can tell a stale copy from a fresh one. The copy is small next to the matmuls.
     """
-    n_heads = layer.num_attention_heads
-
-    def build() -> Weights:
-        if interleave:
-            return _fuse_linears(*linears, n_heads=n_heads)
-        return _fuse_linears(linears[0], None, *linears[1:], n_heads=n_heads)
-
-    params = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
-    if _is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-        return build()
-    try:
-        # `_version` is bumped by every in-place update (optimizer steps,
-        # `load_state_dict`, `copy_`); data_ptr/dtype/device change when the
-        # storage is replaced (`.to()`, `param.data = ...`). The inference
-        # mode flag is part of the key because inference tensors built
-        # there must not be reused where autograd may record them.
-        key = (
-            torch.is_inference_mode_enabled(),
-            tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params),
-        )
-    except RuntimeError:
-        # E.g. inference tensors have no version counter: don't cache.
-        return build()
-    cache: dict[str, tuple[Any, list[torch.Tensor], Weights]] = layer.__dict__.setdefault(
-        _CACHE_ATTR, {}
-    )
-    entry = cache.get(name)
-    if entry is not None and entry[0] == key:
-        return entry[2]
-    with torch.no_grad():
-        weights = build()
-    # Hold (detached) references to the source tensors so their storage
-    # cannot be freed and reused at the same address with the same version,
-    # which would make a stale entry look valid.
-    cache[name] = (key, [p.detach() for p in params], weights)
-    return weights
+    if interleave:
+        return _fuse_linears(*linears, n_heads=layer.num_attention_heads)
+    return _fuse_linears(linears[0], None, *linears[1:], n_heads=layer.num_attention_heads)

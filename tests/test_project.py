@@ -130,7 +130,8 @@ def test_workflow_all_on_a_small_slice(tmp_path, tiny_luke):
     assert reference["sentences"] == counts["counts"]["test"]["sentences"] > 0
     assert reference["equal"] == reference["sentences"]
     assert reference["differing_ids"] == []
-    assert reference["max_abs_logit_diff"] == 0.0
+    # Fused attention (the default) equals transformers' eager attention up to fp32 rounding.
+    assert reference["max_abs_logit_diff"] < 1e-4
 
     speed = json.loads((project / "metrics" / "speed.json").read_text())
     assert speed["docs"] == 2 and speed["words_per_second"] > 0 and speed["peak_rss_mb"] > 0

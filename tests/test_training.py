@@ -74,7 +74,7 @@ def test_overfits_50_conll_sentences(tmp_path):
     assert set(nlp.get_pipe("luke_ner").labels) == {"PER", "ORG", "LOC", "MISC"}
     optimizer = Adam(2e-3)
     best = 0.0
-    for step in range(1, 151):
+    for step in range(1, 201):
         nlp.update(examples, sgd=optimizer, drop=0.0)
         if step % 10 == 0:
             best = nlp.evaluate(examples)["ents_f"]
@@ -246,3 +246,24 @@ def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
     assert trained.get_pipe("luke_ner").labels == ("ANIMAL", "FOOD")
     scores = trained.evaluate(custom_examples(trained))
     assert scores["ents_f"] >= 0.8
+
+
+def test_fused_attention_sees_optimizer_updates(tiny_luke):
+    """thinc's optimizer writes parameters in place; the fused attention must see it."""
+    from luke_spacy.attention import unfuse_entity_aware_attention
+
+    nlp = make_nlp(tiny_luke, attention="sdpa")
+    examples = custom_examples(nlp)
+    nlp.initialize(lambda: examples)
+    ner = nlp.get_pipe("luke_ner")
+    docs = [eg.predicted for eg in examples]
+    before = ner.predict(docs)
+    optimizer = Adam(5e-3)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    fused = ner.predict(docs)
+    unfuse_entity_aware_attention(get_objects(ner.model).transformer)
+    eager = ner.predict(docs)
+    for old, new, ref in zip(before, fused, eager):
+        assert not numpy.allclose(old.logits, ref.logits, atol=1e-3)
+        numpy.testing.assert_allclose(new.logits, ref.logits, atol=1e-4)
