@@ -40,7 +40,7 @@ def test_project_yml_is_valid():
         "package",
     ]
     assert config["workflows"]["train-all"] == ["convert", "train"]
-    assert set(config["workflows"]["all"]) | {"make-model", "train"} == set(names)
+    assert set(config["workflows"]["all"]) | {"make-model", "train", "baselines"} == set(names)
     assert {"conll_dir", "model", "gpu_id", "max_docs", "name", "version"} <= set(config["vars"])
     assert {"max_steps", "learn_rate"} <= set(config["vars"])
     checksums = [a["checksum"] for a in config["assets"] if not a.get("extra")]
