@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 
+from luke_spacy import conll
+
 Sentence = List[str]
 Document = List[Sentence]
 Entity = Tuple[int, int, str]  # word start, word end (exclusive) within the sentence, label
@@ -40,40 +42,9 @@ MODE_SETTINGS: Dict[str, Dict[str, str]] = {
 
 
 def read_conll(path: str | Path, max_docs: Optional[int] = None) -> List[Document]:
-    """Documents of a CoNLL-2003 file, each a list of sentences of words.
-
-    `-DOCSTART-` lines start a document, blank lines end a sentence; only the first column
-    is kept. A file without `-DOCSTART-` is one document.
-    """
-    docs: List[Document] = []
-    sentence: Sentence = []
-    current: Optional[Document] = None
-
-    def flush() -> None:
-        nonlocal sentence, current
-        if sentence:
-            if current is None:
-                current = []
-                docs.append(current)
-            current.append(sentence)
-            sentence = []
-
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if not parts:
-                flush()
-            elif parts[0] == "-DOCSTART-":
-                flush()
-                if max_docs is not None and len(docs) >= max_docs:
-                    break
-                current = []
-                docs.append(current)
-            else:
-                sentence.append(parts[0])
-    flush()
-    docs = [d for d in docs if d]
-    return docs[:max_docs] if max_docs is not None else docs
+    """Documents of a CoNLL-2003 file, each a list of sentences of words."""
+    documents = conll.read_conll(path)[:max_docs]
+    return [[sentence.words for sentence in document.sentences] for document in documents]
 
 
 def make_doc(vocab: Any, document: Document, sentence_boundaries: bool = True) -> Any:

@@ -17,27 +17,14 @@ from conftest import shared_path
 from spacy.tokens import Doc
 from transformers import LukeForEntitySpanClassification
 
+from luke_spacy.conll import read_conll
+
 Entity = Tuple[int, int, str]
 
 
 def read_conll_documents(path) -> List[List[List[str]]]:
     """Documents -> sentences -> words of a CoNLL-2003 file."""
-    docs: List[List[List[str]]] = []
-    sentence: List[str] = []
-    for line in open(path, encoding="utf-8"):
-        parts = line.split()
-        if parts and parts[0] == "-DOCSTART-":
-            docs.append([])
-        elif parts:
-            sentence.append(parts[0])
-        elif sentence:
-            if not docs:
-                docs.append([])
-            docs[-1].append(sentence)
-            sentence = []
-    if sentence:
-        docs[-1].append(sentence)
-    return [d for d in docs if d]
+    return [[sent.words for sent in doc.sentences] for doc in read_conll(path)]
 
 
 def make_doc(vocab, document: List[List[str]]) -> Doc:
