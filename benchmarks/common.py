@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 import torch
 
 from luke_spacy import conll
+from luke_spacy.decoding import greedy_decode
 
 Sentence = List[str]
 Document = List[Sentence]
@@ -87,17 +88,8 @@ def greedy(
     if len(spans) == 0:
         return set()
     best, label = logits.float().max(dim=-1)
-    best, label = best.tolist(), label.tolist()
-    order = sorted((k for k in range(len(spans)) if label[k] != 0), key=lambda k: -best[k])
-    taken: Set[int] = set()
-    out = set()
-    for k in order:
-        start, end = spans[k]
-        if any(w in taken for w in range(start, end)):
-            continue
-        taken.update(range(start, end))
-        out.add((start, end, labels[label[k]]))
-    return out
+    found = greedy_decode([tuple(span) for span in spans], best.tolist(), label.tolist())
+    return {(start, end, labels[label_id]) for (start, end), label_id, _ in found}
 
 
 def load_pipeline(model_dir: str, mode: str, device: str, max_batch_items: Optional[int] = None):
