@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from huggingface_hub.utils import logging as hf_logging
+
 from . import __version__
 from .model import CheckpointError
 from .pipe import CONTEXTS, DEFAULT_CONFIG, LukeEntityRecognizer
@@ -240,6 +242,9 @@ def load_pipeline(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     import spacy
 
     device = _gpu_device(args.gpu) if args.gpu >= 0 else None
+    # The hub client logs every retry of an unreachable network; the one error below says
+    # what failed and how to fix it.
+    hf_logging.set_verbosity_error()
     try:
         if args.pipeline is not None:
             nlp = spacy.load(args.pipeline)
