@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from spacy.language import Language
+from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 from spacy.util import registry
+
+
+def same_words(a: Doc, b: Doc) -> bool:
+    """Whether two Docs have the same tokens (texts), so token indices carry over."""
+    return len(a) == len(b) and all(x.text == y.text for x, y in zip(a, b))
 
 
 def copy_gold_sentences(example: Example) -> Example:
@@ -24,8 +30,7 @@ def copy_gold_sentences(example: Example) -> Example:
     if (
         reference.has_annotation("SENT_START")
         and not predicted.has_annotation("SENT_START")
-        and len(predicted) == len(reference)
-        and all(p.text == r.text for p, r in zip(predicted, reference))
+        and same_words(predicted, reference)
     ):
         for token, gold in zip(predicted, reference):
             token.is_sent_start = gold.is_sent_start

@@ -287,7 +287,6 @@ class LukeEntityRecognizer(TrainablePipe):
                 f"max_position_embeddings = {config.max_position_embeddings} allows at most "
                 f"{capacity} subwords per window; set max_length to {capacity} or less."
             )
-        entity_ids(objects.tokenizer)
         self.cfg["labels"] = labels_of(objects)
         self._word_tokenizer = WordTokenizer(objects.tokenizer)
         if self.cfg["attention"] == "sdpa":

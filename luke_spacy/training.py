@@ -10,6 +10,7 @@ import torch
 from spacy.tokens import Doc
 from spacy.training import Example
 
+from .corpus import same_words
 from .windowing import Span, subword_offsets
 
 NO_ENTITY_ID = 0
@@ -59,8 +60,7 @@ def gold_doc(example: Example, fallback_sentences) -> GoldDoc:
         the reference has no sentence boundaries or a different tokenization.
     """
     doc, ref = example.predicted, example.reference
-    same_tokens = len(doc) == len(ref) and all(a.text == b.text for a, b in zip(doc, ref))
-    if same_tokens:
+    if same_words(doc, ref):
         entities = {(e.start, e.end): e.label_ for e in ref.ents}
         n_misaligned = 0
         if ref.has_annotation("SENT_START"):
