@@ -199,6 +199,31 @@ class Flops:
         self.useful += sum(self.per_sequence(t, t) for t in real)
 
 
+def gemm_tflops(
+    device: str, dtype: torch.dtype, hidden: int, ffn: int, rows: int = 2048, seconds: float = 3.0
+) -> float:
+    """Measured TFLOP/s of one feed-forward-shaped matmul, (rows x hidden) @ (hidden x ffn).
+
+    The ceiling the transformer's linear layers (most of its FLOPs) can reach on this device
+    and dtype, with the same threads.
+    """
+    a = torch.randn(rows, hidden, device=device).to(dtype)
+    b = torch.randn(hidden, ffn, device=device).to(dtype)
+    with torch.inference_mode():
+        for _ in range(3):
+            a @ b
+        sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+            if count % 8 == 0:
+                sync(device)
+        sync(device)
+        elapsed = time.perf_counter() - start
+    return 2.0 * rows * hidden * ffn * count / elapsed / 1e12
+
+
 def b1_predict(
     nlp: Any,
     model: Any,

@@ -17,8 +17,10 @@ methods then run in turn, `--rounds` times (interleaved, so a shared machine's l
 alike); each method's best round is reported, all rounds are kept in the JSON. Docs are
 built one per CoNLL document with the file's sentence boundaries. Reported per method:
 seconds (wall and process CPU time), words/s, docs/s, forward passes, speed-up over B1 and B2,
-and agreement of the entities with B1 per sentence. With `--device cuda` also the forward
-FLOPs counted from shapes, TFLOP/s and the share of `--peak-tflops`.
+and agreement of the entities with B1 per sentence; the forward FLOPs counted from shapes,
+TFLOP/s, and their share of the device's measured matmul throughput in the method's dtype
+(`gemm_tflops`: a feed-forward-shaped fp32 or bf16 matmul, the ceiling of the linear layers);
+with `--device cuda` also the share of `--peak-tflops`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from common import (  # noqa: E402
     component,
     entities_by_sentence,
     environment,
+    gemm_tflops,
     load_hf,
     load_pipeline,
     make_doc,
@@ -158,16 +161,22 @@ def b2_method(tokenizer, model, device: str, max_span_words: Optional[int]) -> R
     return run
 
 
-def flops_row(flops: Optional[Flops], seconds: float, peak: float) -> Dict[str, Any]:
+def flops_row(
+    flops: Optional[Flops], seconds: float, peak: Optional[float], gemm: float
+) -> Dict[str, Any]:
     if flops is None or not seconds:
         return {}
-    return {
+    tflops = flops.executed / 1e12 / seconds
+    row = {
         "tflop_executed": round(flops.executed / 1e12, 3),
         "tflop_useful": round(flops.useful / 1e12, 3),
-        "tflops_per_s": round(flops.executed / 1e12 / seconds, 2),
-        "useful_tflops_per_s": round(flops.useful / 1e12 / seconds, 2),
-        "share_of_peak": round(flops.executed / 1e12 / seconds / peak, 4),
+        "tflops_per_s": round(tflops, 4),
+        "useful_tflops_per_s": round(flops.useful / 1e12 / seconds, 4),
+        "share_of_gemm": round(tflops / gemm, 4),
     }
+    if peak:
+        row["share_of_peak"] = round(tflops / peak, 4)
+    return row
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -224,13 +233,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             notes[name]["note"] = "autocast bfloat16 on CPU"
     for run in methods.values():
         run(warm, None)
+    config = next(iter(configs.values()))
+    gemm = {
+        name: gemm_tflops(device, dtype, config.hidden_size, config.intermediate_size)
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    }
+    out["environment"]["gemm_tflops"] = {k: round(v, 4) for k, v in gemm.items()}
 
     walls: Dict[str, List[float]] = {name: [] for name in methods}
     cpus: Dict[str, List[float]] = {name: [] for name in methods}
     first: Dict[str, Tuple[List[Any], int, Dict[str, Any], Optional[Flops]]] = {}
     for round_index in range(args.rounds):
         for name, run in methods.items():
-            flops = Flops.of(configs[name]) if cuda and round_index == 0 else None
+            flops = Flops.of(configs[name]) if round_index == 0 else None
             timer = Timer(device)
             with timer():
                 entities, passes, extra = run(documents, flops)
@@ -267,7 +282,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             row["x_B2"] = round(min(walls["B2"]) / wall, 3)
         row.update(extra)
         row.update(notes.get(name, {}))
-        row.update(flops_row(flops, wall if args.rounds == 1 else walls[name][0], args.peak_tflops))
+        row.update(
+            flops_row(
+                flops,
+                wall if args.rounds == 1 else walls[name][0],
+                args.peak_tflops if cuda else None,
+                gemm["bfloat16" if name.startswith("ours:bf16") else "float32"],
+            )
+        )
         results[name] = row
     with contextlib.suppress(OSError):
         out["environment"]["loadavg_end"] = os.getloadavg()
@@ -286,7 +308,7 @@ def print_table(out: Dict[str, Any]) -> None:
     header = f"{'method':<16} {'s':>9} {'cpu s':>9} {'words/s':>9} {'docs/s':>8} {'passes':>7}"
     header += f" {'xB1':>6} {'xB1cpu':>6} {'xB2':>6} {'agreeB1':>8}"
     if any("tflops_per_s" in row for row in out["results"].values()):
-        header += f" {'TFLOP/s':>8} {'peak%':>6}"
+        header += f" {'TFLOP/s':>8} {'gemm%':>6} {'peak%':>6}"
     print(header)
     for name, row in out["results"].items():
         agree = row.get("agreement_with_B1", {}).get("sentences_identical")
@@ -297,7 +319,9 @@ def print_table(out: Dict[str, Any]) -> None:
             f"{_fmt(agree, 8, 4)}"
         )
         if "tflops_per_s" in row:
-            line += f" {row['tflops_per_s']:8.2f} {100 * row['share_of_peak']:6.2f}"
+            line += f" {row['tflops_per_s']:8.3f} {100 * row['share_of_gemm']:6.1f}"
+            peak = row.get("share_of_peak")
+            line += f" {100 * peak:6.2f}" if peak is not None else "      -"
         print(line)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, List, Sequence, Set, Tuple
 
+import numpy
+
 Span = Tuple[int, int]
 
 
@@ -43,3 +45,37 @@ def greedy_decode(
         blocked.update(words)
         accepted.append(((start, end), label_ids[k], k))
     return accepted
+
+
+def decode_logits(
+    spans: Sequence[Span],
+    logits: numpy.ndarray,
+    *,
+    no_entity_id: int = 0,
+    taken: Iterable[int] = (),
+) -> List[Tuple[Span, int, int]]:
+    """`greedy_decode` of span logits: each span's argmax label and max logit.
+
+    No-entity spans are dropped with numpy first, so a long sentence's candidates never become
+    Python objects.
+
+    spans (Sequence[Span]): Candidate word spans (end exclusive) in enumeration order.
+    logits (numpy.ndarray): (n_spans, n_labels) logits.
+    no_entity_id (int): The label id that means "no entity".
+    taken (Iterable[int]): Words that must stay free.
+    RETURNS (List[Tuple[Span, int, int]]): (span, label id, row of `logits`) of each accepted
+        entity, in acceptance order.
+    """
+    logits = numpy.asarray(logits)
+    if len(logits) == 0:
+        return []
+    label_ids = logits.argmax(axis=1)
+    keep = numpy.flatnonzero(label_ids != no_entity_id)
+    found = greedy_decode(
+        [(s, e) for s, e in numpy.asarray(spans)[keep].tolist()],
+        logits[keep].max(axis=1).tolist(),
+        label_ids[keep].tolist(),
+        no_entity_id=no_entity_id,
+        taken=taken,
+    )
+    return [(span, label, int(keep[k])) for span, label, k in found]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from itertools import chain
+from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import torch
 
@@ -67,8 +69,10 @@ def plan_doc(
     sentences: Sequence[Tuple[int, int]],
     settings: RecipeSettings,
     cover_all: bool = False,
-) -> List[Pass]:
-    """All passes needed to score every candidate span of one Doc.
+) -> Iterator[Pass]:
+    """All passes needed to score every candidate span of one Doc, sentence by sentence.
+
+    A generator, so a long Doc's passes can be run as they are planned.
 
     doc_index (int): Index stored on each pass.
     word_ids (Sequence[Sequence[int]]): Subword ids of each word (token) of the Doc.
@@ -76,12 +80,12 @@ def plan_doc(
     settings (RecipeSettings): Window, span and chunk limits.
     cover_all (bool): Add span-less passes for subwords that no pass's core covers (a
         sentence without candidates, over-long words), so every subword gets a word state.
-    RETURNS (List[Pass]): The passes, sentence by sentence.
+    YIELDS (Pass): The passes, sentence by sentence.
     """
-    offsets = subword_offsets([len(ids) for ids in word_ids])
+    offsets = subword_offsets(len(ids) for ids in word_ids)
     n_subwords = offsets[-1]
-    subwords: List[int] = [i for ids in word_ids for i in ids]
-    passes: List[Pass] = []
+    # An array, not a list of int objects: a long Doc's subwords are held while it is scored.
+    subwords = array("q", chain.from_iterable(word_ids))
     for sent_index, (start, end) in enumerate(sentences):
         units = sentence_units(
             offsets, start, end, settings.max_mention_length, settings.max_length
@@ -98,19 +102,16 @@ def plan_doc(
             ends = [offsets[j] - begin for _, j in unit.spans]
             chunks = equal_chunks(len(unit.spans), settings.max_entity_length) or [(0, 0)]
             for lo, hi in chunks:
-                passes.append(
-                    Pass(
-                        doc=doc_index,
-                        sentence=sent_index,
-                        subwords=subwords,
-                        window=(begin, stop),
-                        core=unit.core,
-                        spans=unit.spans[lo:hi],
-                        starts=starts[lo:hi],
-                        ends=ends[lo:hi],
-                    )
+                yield Pass(
+                    doc=doc_index,
+                    sentence=sent_index,
+                    subwords=subwords,
+                    window=(begin, stop),
+                    core=unit.core,
+                    spans=unit.spans[lo:hi],
+                    starts=starts[lo:hi],
+                    ends=ends[lo:hi],
                 )
-    return passes
 
 
 def _cover(units: List[Unit], sentence: Tuple[int, int], max_length: int) -> List[Unit]:
@@ -122,6 +123,23 @@ def _cover(units: List[Unit], sentence: Tuple[int, int], max_length: int) -> Lis
             gaps.append(Unit((lo, min(begin, lo + max_length)), []))
         pos = max(pos, end)
     return sorted(units + gaps, key=lambda unit: unit.core)
+
+
+def groups_of(passes: Iterable[Pass], max_items: int) -> Iterator[List[Pass]]:
+    """Consecutive groups of passes of about `max_items` word+span positions each.
+
+    Groups bound what is planned and held at once; within a group, `batch_by_budget` sorts.
+    """
+    group: List[Pass] = []
+    items = 0
+    for p in passes:
+        group.append(p)
+        items += p.length + len(p.spans)
+        if items >= max_items:
+            yield group
+            group, items = [], 0
+    if group:
+        yield group
 
 
 def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[int]]:

@@ -24,8 +24,8 @@ from thinc.types import Ragged
 from transformers.modeling_outputs import BaseModelOutput
 
 from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-from .decoding import greedy_decode
-from .encoding import Pass, RecipeSettings, batch_by_budget, collate, plan_doc
+from .decoding import decode_logits
+from .encoding import Pass, RecipeSettings, batch_by_budget, collate, groups_of, plan_doc
 from .model import (
     entity_ids,
     get_objects,
@@ -63,6 +63,9 @@ mixed_precision = false
 """
 DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
 CONTEXTS = ("document", "sentence")
+# Forward batches' worth of passes planned, sorted and run together: enough to sort away
+# padding, small enough that a long Doc is never planned or held whole.
+GROUP_BATCHES = 32
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTIONS = ("eager", "sdpa")
 
@@ -112,15 +115,29 @@ def make_luke_ner(
 
 @dataclass
 class DocScores:
-    """Predictions for one Doc: every candidate span with its logits.
+    """Every candidate span of one Doc with its logits (what `get_loss` takes).
 
     spans (numpy.ndarray): (n, 2) word spans, end exclusive, in the recipe's order.
     logits (numpy.ndarray): (n, n_labels) span logits; label 0 is the no-entity class.
-    trf_data (Optional[TransformerData]): LUKE's word representations, when requested.
     """
 
     spans: numpy.ndarray
     logits: numpy.ndarray
+
+
+@dataclass
+class DocEntities:
+    """Decoded predictions for one Doc (what `predict` returns).
+
+    spans (numpy.ndarray): (k, 2) entity word spans, end exclusive, sorted by start.
+    labels (numpy.ndarray): (k,) label ids; `cfg["labels"][i]` is the label's name.
+    scores (numpy.ndarray): (k,) softmax probability of each entity's label.
+    trf_data (Optional[TransformerData]): LUKE's word representations, when requested.
+    """
+
+    spans: numpy.ndarray
+    labels: numpy.ndarray
+    scores: numpy.ndarray
     trf_data: Optional[TransformerData] = None
 
 
@@ -318,70 +335,144 @@ class LukeEntityRecognizer(TrainablePipe):
         sentences (Optional[Sequence[List[Tuple[int, int]]]]): Sentence ranges of each Doc;
             `self.sentences(doc)` when None.
         """
-        self._objects()
-        settings = self.settings
         passes: List[Pass] = []
         doc_word_ids = []
         for i, doc in enumerate(docs):
-            word_ids = self._word_tokenizer([token.text for token in doc])
-            doc_word_ids.append(word_ids)
-            passes.extend(
-                plan_doc(
-                    i,
-                    word_ids,
-                    self.sentences(doc) if sentences is None else sentences[i],
-                    settings,
-                    cover_all=self.cfg["set_trf_data"],
-                )
+            word_ids, doc_passes = self._plan_doc(
+                i, doc, None if sentences is None else sentences[i]
             )
+            doc_word_ids.append(word_ids)
+            passes.extend(doc_passes)
         return passes, doc_word_ids
 
-    def predict(self, docs: Iterable[Doc]) -> List[DocScores]:
-        """Score every candidate span of each Doc, without modifying the Docs.
+    def _plan_doc(
+        self, index: int, doc: Doc, sentences: Optional[List[Tuple[int, int]]] = None
+    ) -> Tuple[List[Tuple[int, ...]], Iterator[Pass]]:
+        """One Doc's word ids and its passes, planned lazily."""
+        self._objects()
+        word_ids = self._word_tokenizer([token.text for token in doc])
+        passes = plan_doc(
+            index,
+            word_ids,
+            self.sentences(doc) if sentences is None else sentences,
+            self.settings,
+            cover_all=self.cfg["set_trf_data"],
+        )
+        return word_ids, passes
+
+    def predict(self, docs: Iterable[Doc]) -> List[DocEntities]:
+        """Score the candidate spans of each Doc and decode them, without modifying the Docs.
+
+        Each sentence is decoded as soon as its passes have run, so memory does not grow
+        with the length of a Doc. Entities already on a Doc keep their words free unless
+        `overwrite_ents` is set.
 
         docs (Iterable[Doc]): The documents to predict.
+        RETURNS (List[DocEntities]): The entities of each Doc.
+        """
+        docs = list(docs)
+        tokenizer = self._objects().tokenizer
+        taken = [
+            set()
+            if self.cfg["overwrite_ents"]
+            else {i for e in doc.ents for i in range(e.start, e.end)}
+            for doc in docs
+        ]
+        found: List[List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
+        words: Optional[List[Any]] = [None] * len(docs) if self.cfg["set_trf_data"] else None
+        for d, spans, logits in self._sentence_scores(docs, words=words):
+            lo, hi = int(spans[:, 0].min()), int(spans[:, 1].max())
+            accepted = decode_logits(
+                spans, logits, taken=[i for i in range(lo, hi) if i in taken[d]]
+            )
+            if accepted:
+                rows = [k for _, _, k in accepted]
+                probs = _softmax(logits[rows]).max(axis=1)
+                labels = numpy.asarray([label for _, label, _ in accepted])
+                found[d].append((spans[rows], labels, probs))
+        return [
+            _doc_entities(parts, _trf_data(*words[d], tokenizer) if words is not None else None)
+            for d, parts in enumerate(found)
+        ]
+
+    def span_scores(self, docs: Iterable[Doc]) -> List[DocScores]:
+        """Every candidate span of each Doc with its logits, in the recipe's order.
+
+        docs (Iterable[Doc]): The documents to score.
         RETURNS (List[DocScores]): The candidate spans and logits of each Doc.
         """
         docs = list(docs)
-        objects = self._objects()
-        passes, doc_word_ids = self.plan(docs)
+        parts: List[List[Tuple[numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
+        for d, spans, logits in self._sentence_scores(docs):
+            parts[d].append((spans, logits))
         n_labels = len(self.cfg["labels"])
-        # Each Doc's logits are filled in place, in the recipe's span order, so no batch
-        # output stays alive after its copy (a long Doc has tens of thousands of passes).
-        by_doc: List[List[int]] = [[] for _ in docs]
-        offset = [0] * len(passes)
-        sizes = [0] * len(docs)
-        for i, p in enumerate(passes):
-            by_doc[p.doc].append(i)
-            offset[i] = sizes[p.doc]
-            sizes[p.doc] += len(p.spans)
-        doc_logits = [numpy.zeros((n, n_labels), "f") for n in sizes]
-        want_words = self.cfg["set_trf_data"]
-        hidden: List[Optional[numpy.ndarray]] = [None] * len(docs)
-        if want_words:
-            width = objects.transformer.config.hidden_size
-            hidden = [numpy.zeros((sum(map(len, ids)), width), "f") for ids in doc_word_ids]
-        for indices, logits, words in self._run(passes, want_words):
-            for row, i in enumerate(indices):
-                p = passes[i]
-                doc_logits[p.doc][offset[i] : offset[i] + len(p.spans)] = logits[
-                    row, : len(p.spans)
-                ]
-                if words is not None and _first_chunk(passes, i):
-                    begin, stop = p.window
-                    a, b = p.core
-                    hidden[p.doc][a:b] = words[row, 1 + a - begin : 1 + b - begin]
-        scores = []
-        for d in range(len(docs)):
-            spans = numpy.zeros((sizes[d], 2), dtype="i")
-            for i in by_doc[d]:
-                if passes[i].spans:
-                    spans[offset[i] : offset[i] + len(passes[i].spans)] = passes[i].spans
-            trf_data = (
-                _trf_data(doc_word_ids[d], hidden[d], objects.tokenizer) if want_words else None
+        return [
+            DocScores(
+                numpy.concatenate([s for s, _ in doc_parts])
+                if doc_parts
+                else numpy.zeros((0, 2), "i"),
+                numpy.concatenate([x for _, x in doc_parts])
+                if doc_parts
+                else numpy.zeros((0, n_labels), "f"),
             )
-            scores.append(DocScores(spans, doc_logits[d], trf_data))
-        return scores
+            for doc_parts in parts
+        ]
+
+    def _sentence_scores(
+        self,
+        docs: Sequence[Doc],
+        sentences: Optional[Sequence[List[Tuple[int, int]]]] = None,
+        words: Optional[List[Any]] = None,
+    ) -> Iterator[Tuple[int, numpy.ndarray, numpy.ndarray]]:
+        """(Doc index, spans, logits) of each sentence with candidates, in order.
+
+        Passes are planned lazily and run in groups of GROUP_BATCHES batch budgets, and a
+        sentence is yielded once its last pass has run: what is held at once is bounded by
+        the groups, not by the Doc. With `words` (a list with one slot per Doc), each slot
+        receives the Doc's word ids and LUKE's final state of each of its subwords.
+        """
+        want_words = words is not None
+        width = self._objects().transformer.config.hidden_size
+
+        def planned() -> Iterator[Pass]:
+            for d, doc in enumerate(docs):
+                word_ids, passes = self._plan_doc(
+                    d, doc, None if sentences is None else sentences[d]
+                )
+                if want_words:
+                    words[d] = (word_ids, numpy.zeros((sum(map(len, word_ids)), width), "f"))
+                yield from passes
+
+        key: Optional[Tuple[int, int]] = None
+        spans: List[Tuple[int, int]] = []
+        logits: List[numpy.ndarray] = []
+        previous: Optional[Pass] = None
+        for group in groups_of(planned(), GROUP_BATCHES * self.cfg["max_batch_items"]):
+            # Chunks of one window share its words; the first chunk's states are kept.
+            first = []
+            for p in group:
+                first.append(previous is None or (previous.doc, previous.core) != (p.doc, p.core))
+                previous = p
+            outputs: List[Any] = [None] * len(group)
+            for indices, batch_logits, batch_words in self._run(group, want_words):
+                for row, i in enumerate(indices):
+                    # Copies, so no batch output stays alive with the group.
+                    outputs[i] = batch_logits[row, : len(group[i].spans)].copy()
+                    if batch_words is not None and first[i]:
+                        begin, (a, b) = group[i].window[0], group[i].core
+                        words[group[i].doc][1][a:b] = batch_words[
+                            row, 1 + a - begin : 1 + b - begin
+                        ]
+            for p, out in zip(group, outputs):
+                if (p.doc, p.sentence) != key:
+                    if spans:
+                        yield key[0], numpy.asarray(spans, "i"), numpy.concatenate(logits)
+                    key, spans, logits = (p.doc, p.sentence), [], []
+                if p.spans:
+                    spans.extend(p.spans)
+                    logits.append(out)
+        if spans:
+            yield key[0], numpy.asarray(spans, "i"), numpy.concatenate(logits)
 
     def _run(
         self, passes: Sequence[Pass], want_words: bool = False
@@ -441,46 +532,27 @@ class LukeEntityRecognizer(TrainablePipe):
             raise ValueError("dtype = 'float16' needs a GPU; use 'bfloat16' or 'float32' on CPU.")
         return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
-    def set_annotations(self, docs: Iterable[Doc], scores: Sequence[DocScores]) -> None:
-        """Decode the scores into `doc.ents` (and `doc.spans[spans_key]`).
+    def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[DocEntities]) -> None:
+        """Write the predicted entities to `doc.ents` (and `doc.spans[spans_key]`).
 
         docs (Iterable[Doc]): The documents to modify.
-        scores (Sequence[DocScores]): The output of `predict`.
+        predictions (Sequence[DocEntities]): The output of `predict`.
         """
         labels = self.cfg["labels"]
         spans_key = self.cfg["spans_key"]
-        for doc, score in zip(docs, scores):
+        for doc, pred in zip(docs, predictions):
             kept = [] if self.cfg["overwrite_ents"] else list(doc.ents)
-            taken = [i for ent in kept for i in range(ent.start, ent.end)]
-            logits = score.logits
-            # Only spans with an entity label compete; filtering first keeps a long Doc's
-            # candidates out of Python objects.
-            label_ids = logits.argmax(axis=1) if len(logits) else numpy.zeros(0, "i")
-            keep = numpy.flatnonzero(label_ids != 0)
-            found = greedy_decode(
-                [tuple(span) for span in score.spans[keep].tolist()],
-                logits[keep].max(axis=1).tolist() if len(keep) else [],
-                label_ids[keep].tolist(),
-                no_entity_id=0,
-                taken=taken,
-            )
-            accepted = [(span, label, int(keep[k])) for span, label, k in found]
-            new = [Span(doc, s, e, label=labels[label]) for (s, e), label, _ in accepted]
+            new = [
+                Span(doc, s, e, label=labels[label])
+                for (s, e), label in zip(pred.spans.tolist(), pred.labels.tolist())
+            ]
             doc.ents = sorted(kept + new, key=lambda span: span.start)
             if spans_key is not None:
-                probs = _softmax(logits[[k for _, _, k in accepted]]) if accepted else logits
-                group = sorted(
-                    zip(new, probs.max(axis=1).tolist() if accepted else []),
-                    key=lambda item: item[0].start,
-                )
                 doc.spans[spans_key] = SpanGroup(
-                    doc,
-                    name=spans_key,
-                    spans=[span for span, _ in group],
-                    attrs={"scores": numpy.asarray([p for _, p in group], dtype="f")},
+                    doc, name=spans_key, spans=new, attrs={"scores": pred.scores}
                 )
-            if score.trf_data is not None:
-                doc._.trf_data = score.trf_data
+            if pred.trf_data is not None:
+                doc._.trf_data = pred.trf_data
 
     def update(
         self,
@@ -538,7 +610,7 @@ class LukeEntityRecognizer(TrainablePipe):
         """The recipe's loss of predicted scores, and its gradient per Doc.
 
         examples (Iterable[Example]): The examples whose predicted Docs were scored.
-        scores (Sequence[DocScores]): The output of `predict` on those Docs.
+        scores (Sequence[DocScores]): The output of `span_scores` on those Docs.
         RETURNS (Tuple[float, List[numpy.ndarray]]): The loss and d_logits of each Doc.
         """
         examples = list(examples)
@@ -668,8 +740,20 @@ def check_settings(
             ) from err
 
 
-def _first_chunk(passes: Sequence[Pass], i: int) -> bool:
-    return i == 0 or passes[i - 1].core != passes[i].core or passes[i - 1].doc != passes[i].doc
+def _doc_entities(
+    parts: List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]],
+    trf_data: Optional[TransformerData],
+) -> DocEntities:
+    """One Doc's entities from its sentences' (spans, labels, scores), sorted by start."""
+    if not parts:
+        return DocEntities(
+            numpy.zeros((0, 2), "i"), numpy.zeros(0, "i"), numpy.zeros(0, "f"), trf_data
+        )
+    spans, labels, scores = (numpy.concatenate(x) for x in zip(*parts))
+    order = numpy.argsort(spans[:, 0], kind="stable")
+    return DocEntities(
+        spans[order].astype("i"), labels[order].astype("i"), scores[order].astype("f"), trf_data
+    )
 
 
 def _softmax(x: numpy.ndarray) -> numpy.ndarray:

@@ -10,9 +10,10 @@ into equal chunks.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 Span = Tuple[int, int]  # word indices, end exclusive
 
@@ -29,9 +30,15 @@ class Unit:
     spans: List[Span]
 
 
-def subword_offsets(lengths: Sequence[int]) -> List[int]:
-    """Offsets of each word's first subword, plus the total as last item."""
-    return [0, *accumulate(lengths)]
+def subword_offsets(lengths: Iterable[int]) -> Sequence[int]:
+    """Offsets of each word's first subword, plus the total as last item.
+
+    An `array` (8 bytes per word, not a list of int objects), as a long Doc's is held while
+    the Doc is scored.
+    """
+    offsets = array("q", [0])
+    offsets.extend(accumulate(lengths))
+    return offsets
 
 
 def balanced_context(left: int, right: int, core: int, max_length: int) -> Tuple[int, int]:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy
 import pytest
 
-from luke_spacy.decoding import greedy_decode
+from luke_spacy.decoding import decode_logits
 
 ID2LABEL = {0: "NIL", 1: "MISC", 2: "PER", 3: "ORG", 4: "LOC"}
-
-
-def decode_logits(spans, logits, **kwargs):
-    logits = numpy.asarray(logits, dtype="f")
-    return greedy_decode(
-        spans, logits.max(axis=1).tolist(), logits.argmax(axis=1).tolist(), **kwargs
-    )
 
 
 def notebook_tags(word_spans, logits, n_words, preset=None):

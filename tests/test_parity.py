@@ -134,7 +134,7 @@ def test_logits_and_entities_equal_transformers(request, fixture, text, context,
     assert passes[0].starts == enc["entity_start_positions"][0].tolist()
     assert passes[0].ends == enc["entity_end_positions"][0].tolist()
 
-    scores = pipe.predict([doc])[0]
+    scores = pipe.span_scores([doc])[0]
     assert [tuple(s) for s in scores.spans.tolist()] == word_spans
     hf_logits = out.logits[0].numpy()
     assert scores.logits.shape == hf_logits.shape
@@ -255,12 +255,12 @@ def check_against_legacy(path, words, sentence_boundaries, max_length, mml, mel)
     doc = Doc(nlp.vocab, words=words, sent_starts=[i in starts for i in range(len(words))])
     spans, logits = legacy_logits(path, words, sentence_boundaries, max_length, mml, mel)
     pipe = nlp.get_pipe("luke_ner")
-    scores = pipe.predict([doc])[0]
+    scores = pipe.span_scores([doc])[0]
     assert [tuple(s) for s in scores.spans.tolist()] == spans
     numpy.testing.assert_allclose(scores.logits, logits, atol=1e-5, rtol=0)
     id2label = hf_objects(path)[1].config.id2label
     expected = notebook_decode(spans, logits.tolist(), len(words), id2label)
-    pipe.set_annotations([doc], [scores])
+    pipe.set_annotations([doc], pipe.predict([doc]))
     assert [(e.start, e.end, e.label_) for e in doc.ents] == expected
     return scores
 

@@ -122,7 +122,7 @@ def test_odd_inputs_keep_their_text(request, fixture, text):
     group = doc.spans["luke_ner"]
     assert len(group.attrs["scores"]) == len(group) == len(doc.ents)
     # every word with subwords was scored at least as a one-word candidate
-    scores = pipe.predict([nlp.make_doc(text)])[0]
+    scores = pipe.span_scores([nlp.make_doc(text)])[0]
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     singles = {i for i, j in scores.spans.tolist() if j == i + 1}
     assert singles == {t.i for t in doc if n_subwords(tokenizer, t.text)}
@@ -137,14 +137,13 @@ def test_long_doc_without_sentence_boundaries(tiny_luke, hf_tokenizer):
     doc = nlp.make_doc("word " * n)
     assert len(doc) == n
     pipe = nlp.get_pipe("luke_ner")
-    scores = pipe.predict([doc])[0]
+    passes, _ = pipe.plan([doc])
+    spans = [span for p in passes for span in p.spans]
     expected = count_candidates([k] * n, [(0, n)], mml)
     assert expected == 2 * n - 1
-    assert len(scores.spans) == expected
-    # each candidate scored once
-    assert len({tuple(s) for s in scores.spans.tolist()}) == expected
-    assert numpy.isfinite(scores.logits).all()
-    pipe.set_annotations([doc], [scores])
+    # each candidate planned once
+    assert len(spans) == len(set(spans)) == expected
+    pipe.set_annotations([doc], pipe.predict([doc]))
     assert doc.text == "word " * n
     assert_valid_ents(doc, pipe.labels)
     assert all(e.end - e.start <= 2 for e in doc.ents)
@@ -155,7 +154,7 @@ def test_very_long_tokens(nlp, hf_tokenizer):
     words = ["x" * 5000, "Paris", "is", "y" * 300, "nice", "Paris" * 3, "."]
     doc = Doc(nlp.vocab, words=words)
     pipe = nlp.get_pipe("luke_ner")
-    scores = pipe.predict([doc])[0]
+    scores = pipe.span_scores([doc])[0]
     lengths = [n_subwords(hf_tokenizer, w) for w in words]
     assert lengths[0] > 510  # longer than a whole window
     mml = pipe.cfg["max_mention_length"]
@@ -171,7 +170,7 @@ def test_very_long_tokens(nlp, hf_tokenizer):
 def test_existing_entities_are_kept_by_default(nlp):
     text = "She met Barack Obama in Paris ! Beyoncé lives in Los Angeles ."
     pipe = nlp.get_pipe("luke_ner")
-    scores = pipe.predict([nlp.make_doc(text)])[0]
+    scores = pipe.span_scores([nlp.make_doc(text)])[0]
     spans = [tuple(s) for s in scores.spans.tolist()]
     fresh = notebook_decode(spans, scores.logits.tolist(), len(nlp.make_doc(text)))
     assert fresh, "the tiny model predicts something on this text"
@@ -213,7 +212,7 @@ def test_nlp_pipe_matches_single_calls(nlp, n_process):
 def test_scores_are_probabilities_of_the_entities(nlp):
     text = TEXTS[1]
     pipe = nlp.get_pipe("luke_ner")
-    scores = pipe.predict([nlp.make_doc(text)])[0]
+    scores = pipe.span_scores([nlp.make_doc(text)])[0]
     index = {tuple(s): k for k, s in enumerate(scores.spans.tolist())}
     doc = nlp(text)
     group = doc.spans["luke_ner"]
@@ -344,8 +343,8 @@ def test_sentence_boundaries_from_a_sentencizer_or_not(tiny_luke, hf_tokenizer):
     # the component does not write sentence boundaries itself
     assert not doc_b.has_annotation("SENT_START")
     pipe = without.get_pipe("luke_ner")
-    pred_a = with_sents.get_pipe("luke_ner").predict([doc_a])[0]
-    pred_b = pipe.predict([without.make_doc(text)])[0]
+    pred_a = with_sents.get_pipe("luke_ner").span_scores([doc_a])[0]
+    pred_b = pipe.span_scores([without.make_doc(text)])[0]
     bounds = [(s.start, s.end) for s in doc_a.sents]
     lengths = [n_subwords(hf_tokenizer, t.text) for t in doc_a]
     mml = pipe.cfg["max_mention_length"]
@@ -363,7 +362,7 @@ def test_sentence_boundaries_from_a_sentencizer_or_not(tiny_luke, hf_tokenizer):
     doc = without.make_doc(text)
     for token in doc:
         token.is_sent_start = token.i in (0, 2)
-    pred = pipe.predict([doc])[0]
+    pred = pipe.span_scores([doc])[0]
     assert all(j <= 2 or i >= 2 for i, j in pred.spans.tolist())
     assert len(pred.spans) == count_candidates(lengths, [(0, 2), (2, len(doc))], mml)
 
@@ -412,12 +411,50 @@ def test_batching_does_not_change_the_logits(tiny_luke):
     one_by_one = make_nlp(tiny_luke, max_batch_items=1)
     batched = make_nlp(tiny_luke, max_batch_items=10**7)
     docs = [batched.make_doc(t) for t in texts]
-    together = batched.get_pipe("luke_ner").predict(docs)
-    single = one_by_one.get_pipe("luke_ner").predict(docs)
+    together = batched.get_pipe("luke_ner").span_scores(docs)
+    single = one_by_one.get_pipe("luke_ner").span_scores(docs)
     for doc, a, b in zip(docs, together, single):
-        alone = batched.get_pipe("luke_ner").predict([doc])[0]
+        alone = batched.get_pipe("luke_ner").span_scores([doc])[0]
         assert a.spans.tolist() == b.spans.tolist() == alone.spans.tolist()
         numpy.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
         numpy.testing.assert_allclose(a.logits, alone.logits, atol=1e-5)
     # the long Doc needs several passes, and the batch mixes window lengths of all Docs
     assert len(batched.get_pipe("luke_ner").plan(docs[1:2])[0]) > 1
+
+
+def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
+    """A long Doc is planned and run group by group and decoded sentence by sentence, with
+    the entities that decoding all of its scores at once gives."""
+    from luke_spacy import pipe as pipe_module
+    from luke_spacy.decoding import decode_logits
+
+    budget = 256
+    nlp = make_nlp(tiny_luke, max_batch_items=budget)
+    ner = nlp.get_pipe("luke_ner")
+    doc = nlp.make_doc(" ".join(TEXTS * 10))
+    doc.ents = [Span(doc, 3, 4, label="CUSTOM")]
+    scores = ner.span_scores([doc])[0]
+    expected = decode_logits(scores.spans, scores.logits, taken=[3])
+    assert len(expected) > 10
+
+    monkeypatch.setattr(pipe_module, "GROUP_BATCHES", 2)
+    held = []
+    real_groups_of = pipe_module.groups_of
+
+    def spy(passes, max_items):
+        for group in real_groups_of(passes, max_items):
+            # what the group held before its last pass reached the limit
+            held.append(sum(p.length + len(p.spans) for p in group[:-1]))
+            yield group
+
+    monkeypatch.setattr(pipe_module, "groups_of", spy)
+    pred = ner.predict([doc])[0]
+    assert len(held) > 3
+    assert max(held) < 2 * budget
+    assert [(s, e, label) for (s, e), label in zip(pred.spans.tolist(), pred.labels.tolist())] == (
+        sorted((s, e, label) for (s, e), label, _ in expected)
+    )
+    ner.set_annotations([doc], [pred])
+    assert ents_of(doc) == sorted(
+        [(3, 4, "CUSTOM")] + [(s, e, ner.labels[label - 1]) for (s, e), label, _ in expected]
+    )

@@ -28,7 +28,7 @@ def make_nlp(path, **cfg):
 def outputs(nlp):
     pipe = nlp.get_pipe("luke_ner")
     docs = [nlp(t) for t in TEXTS]
-    scores = pipe.predict([nlp.make_doc(t) for t in TEXTS])
+    scores = pipe.span_scores([nlp.make_doc(t) for t in TEXTS])
     return [[(e.start, e.end, e.label_) for e in d.ents] for d in docs], scores
 
 

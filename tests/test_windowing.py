@@ -113,8 +113,8 @@ def test_window_for():
 
 
 def test_subword_offsets():
-    assert subword_offsets([1, 0, 2, 1]) == [0, 1, 1, 3, 4]
-    assert subword_offsets([]) == [0]
+    assert list(subword_offsets([1, 0, 2, 1])) == [0, 1, 1, 3, 4]
+    assert list(subword_offsets([])) == [0]
 
 
 def test_candidate_spans_whitespace_words_never_bound_a_span():
@@ -298,7 +298,7 @@ def test_plan_doc_document_context_hand_checked():
     from luke_spacy.encoding import RecipeSettings, plan_doc
 
     settings = RecipeSettings(max_mention_length=3, max_entity_length=128, max_length=510)
-    passes = plan_doc(7, WORD_IDS, SENTENCES, settings)
+    passes = list(plan_doc(7, WORD_IDS, SENTENCES, settings))
     assert len(passes) == 2
     p0, p1 = passes
     assert (p0.doc, p0.sentence, p1.doc, p1.sentence) == (7, 0, 7, 1)
@@ -334,7 +334,7 @@ def test_plan_doc_sentence_context_and_padding():
     settings = RecipeSettings(
         max_mention_length=3, max_entity_length=128, max_length=510, document_context=False
     )
-    p0, p1 = plan_doc(0, WORD_IDS, SENTENCES, settings)
+    p0, p1 = list(plan_doc(0, WORD_IDS, SENTENCES, settings))
     assert p0.window == (0, 3) and p1.window == (3, 7)
     assert p1.starts == [1, 2] and p1.ends == [1, 4]
     t = _collate([p0, p1], 5)
@@ -354,7 +354,7 @@ def test_plan_doc_chunks_share_the_window():
     from luke_spacy.encoding import RecipeSettings, plan_doc
 
     settings = RecipeSettings(max_mention_length=3, max_entity_length=2, max_length=510)
-    passes = plan_doc(0, WORD_IDS, SENTENCES, settings)
+    passes = list(plan_doc(0, WORD_IDS, SENTENCES, settings))
     # sentence 0 has 3 spans -> 2 chunks of sizes 2 and 1; sentence 1 has 2 -> 1 chunk
     assert [p.spans for p in passes] == [[(0, 1), (0, 2)], [(1, 2)], [(3, 4), (4, 5)]]
     assert [p.sentence for p in passes] == [0, 0, 1]
@@ -383,7 +383,7 @@ def test_plan_doc_positions_point_at_the_span_subwords():
             max_length=max_length,
             document_context=rng.random() < 0.7,
         )
-        passes = plan_doc(0, word_ids, sentences, settings)
+        passes = list(plan_doc(0, word_ids, sentences, settings))
         offsets = subword_offsets([len(w) for w in word_ids])
         seen = []
         for p in passes:
@@ -474,8 +474,8 @@ def test_long_sentence_gets_balanced_context_from_its_own_sentence():
     sent_settings = RecipeSettings(
         max_mention_length=2, max_entity_length=128, max_length=10, document_context=False
     )
-    by_doc = plan_doc(0, word_ids, [(0, 30)], doc_settings)
-    by_sent = plan_doc(0, word_ids, [(0, 30)], sent_settings)
+    by_doc = list(plan_doc(0, word_ids, [(0, 30)], doc_settings))
+    by_sent = list(plan_doc(0, word_ids, [(0, 30)], sent_settings))
     assert [(p.window, p.spans, p.starts, p.ends) for p in by_sent] == [
         (p.window, p.spans, p.starts, p.ends) for p in by_doc
     ]
@@ -486,8 +486,23 @@ def test_long_sentence_gets_balanced_context_from_its_own_sentence():
 
     # two sentences: words 0-4 and the long one 5-34
     word_ids = [(100 + i,) for i in range(35)]
-    passes = plan_doc(0, word_ids, [(0, 5), (5, 35)], sent_settings)
+    passes = list(plan_doc(0, word_ids, [(0, 5), (5, 35)], sent_settings))
     for p in passes:
         a, b = (0, 5) if p.sentence == 0 else (5, 35)
         assert a <= p.window[0] <= p.core[0] and p.core[1] <= p.window[1] <= b
         assert p.window[1] - p.window[0] == min(10, b - a)
+
+
+def test_groups_of_keeps_order_and_bounds_each_group():
+    from luke_spacy.encoding import groups_of
+
+    rng = random.Random(7)
+    passes = [_fake_pass(rng.randint(3, 60), rng.randint(0, 40)) for _ in range(200)]
+    groups = list(groups_of(iter(passes), 300))
+    assert [p for g in groups for p in g] == passes  # same objects, same order
+    for group in groups:
+        items = [p.length + len(p.spans) for p in group]
+        # a group closes on the pass that reaches the budget
+        assert sum(items[:-1]) < 300
+    assert all(sum(p.length + len(p.spans) for p in g) >= 300 for g in groups[:-1])
+    assert list(groups_of(iter([]), 300)) == []
