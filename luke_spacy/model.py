@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -62,9 +63,62 @@ class LukeSpanScorer(torch.nn.Module):
 class LukeShim(HFShim):
     """HFShim for the span classifier, serialized as safetensors plus tokenizer files.
 
-    spacy-transformers' shim brings the PyTorch/Thinc plumbing (optimizer, mixed precision,
-    grad scaling); only the serialization differs, so the weights never go through pickle.
+    spacy-transformers' shim brings the PyTorch/Thinc plumbing (optimizer, grad scaler);
+    the serialization differs, so the weights never go through pickle, and so does the
+    training step under mixed precision (see `begin_update`).
     """
+
+    _warned_cpu = False
+    # Whether the parameter gradients are scaled by the grad scaler (until finish_update).
+    _scaled = False
+
+    def begin_update(self, inputs: ArgsKwargs):
+        """Forward for training; the gradients accumulate until `finish_update`.
+
+        thinc's PyTorchShim unscales all parameter gradients after every backward, which
+        divides the ones accumulated before (other forward batches of the update, other
+        sub-batches of `accumulate_gradient`) by the scale again. Here scaled gradients
+        accumulate and `finish_update` unscales them once, as torch's GradScaler does. On a
+        CPU mixed precision is switched off with a warning: thinc's scaler and CUDA autocast
+        need a GPU.
+        """
+        self._model.train()
+        mixed = self._mixed_precision_on()
+        with torch.autocast("cuda", enabled=mixed):
+            output = self._model(*inputs.args, **inputs.kwargs)
+
+        def backprop(grads: ArgsKwargs) -> ArgsKwargs:
+            if mixed:
+                grads.kwargs["grad_tensors"] = self._grad_scaler.scale(
+                    grads.kwargs["grad_tensors"], inplace=True
+                )
+                self._scaled = True
+            torch.autograd.backward(*grads.args, **grads.kwargs)
+            return inputs  # token and span ids: nothing to differentiate
+
+        return output, backprop
+
+    def finish_update(self, optimizer) -> None:
+        if self._scaled:
+            grads = [p.grad for p in self._model.parameters() if p.grad is not None]
+            # Sets found_inf, so the step is skipped and the scale backs off on overflow.
+            self._grad_scaler.unscale(grads)
+            self._scaled = False
+        super().finish_update(optimizer)
+
+    def _mixed_precision_on(self) -> bool:
+        if not self._mixed_precision:
+            return False
+        if self.device.type == "cuda":
+            return True
+        if not self._warned_cpu:
+            warnings.warn(
+                "luke_ner: model.mixed_precision needs a CUDA device; training on "
+                f"{self.device.type} in float32 without gradient scaling.",
+                stacklevel=2,
+            )
+            self._warned_cpu = True
+        return False
 
     def to_bytes(self) -> bytes:
         with make_tempdir() as tmp:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy
 import pytest
 import spacy
@@ -9,13 +12,14 @@ import torch
 from conftest import shared_path
 from spacy.tokens import Doc, Span
 from spacy.training import Example
-from thinc.api import Adam
+from thinc.api import Adam, PyTorchGradScaler
 from transformers import LukeConfig, LukeModel, LukeTokenizer
 
 from luke_spacy import CheckpointError
-from luke_spacy.model import get_objects
+from luke_spacy.model import get_objects, get_scorer
 from luke_spacy.random_model import build_random_checkpoint
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
@@ -212,11 +216,12 @@ def test_uncoverable_gold_entities_are_reported(tiny_luke):
 
 
 def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
-    """`spacy train configs/luke_ner.cfg` end to end on new labels, then offline reload."""
+    """`spacy train configs/luke_ner_custom.cfg` end to end on new labels, with
+    `accumulate_gradient = 2` (spaCy's update(sgd=False) per sub-batch, then finish_update),
+    then offline reload."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from spacy.tokens import DocBin
 
@@ -229,7 +234,7 @@ def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
             token.is_sent_start = False
         docs.append(doc)
     DocBin(docs=docs).to_disk(tmp_path / "train.spacy")
-    config = Path(__file__).resolve().parents[1] / "configs" / "luke_ner.cfg"
+    config = CONFIGS / "luke_ner_custom.cfg"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable, "-m", "spacy", "train", str(config),
@@ -243,6 +248,7 @@ def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
         "--training.optimizer.learn_rate.warmup_steps", "1",
         "--training.optimizer.learn_rate.initial_rate", "0.005",
         "--training.dropout", "0.0",
+        "--training.accumulate_gradient", "2",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -271,3 +277,111 @@ def test_fused_attention_sees_optimizer_updates(tiny_luke):
     for old, new, ref in zip(before, fused, eager):
         assert not numpy.allclose(old.logits, ref.logits, atol=1e-3)
         numpy.testing.assert_allclose(new.logits, ref.logits, atol=1e-4)
+
+
+def accumulating_nlp(model_dir, **model_cfg):
+    """A pipeline on the new labels whose update runs several forward batches."""
+    torch.manual_seed(0)  # the fresh head
+    nlp = make_nlp(model_dir, max_batch_items=64, model={"name": str(model_dir), **model_cfg})
+    examples = custom_examples(nlp)
+    nlp.initialize(lambda: examples)
+    return nlp, examples
+
+
+def test_update_accumulates_gradients(tiny_luke):
+    """spaCy's accumulate_gradient: update(sgd=False) per sub-batch sums the gradients, and
+    finish_update applies them and starts the next step from zero."""
+    nlp, examples = accumulating_nlp(tiny_luke)
+    ner = nlp.get_pipe("luke_ner")
+    params = dict(get_scorer(ner.model).named_parameters())
+    a, b = examples[:2], examples[2:]
+
+    def accumulate(*batches, fresh=True):
+        if fresh:
+            for p in params.values():
+                p.grad = None
+        for batch in batches:
+            nlp.update(batch, sgd=False, drop=0.0)
+        return {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+
+    grad_a, grad_b, grad_ab = accumulate(a), accumulate(b), accumulate(a, b)
+    assert grad_ab.keys() == grad_a.keys() == grad_b.keys()
+    assert grad_ab["hf.classifier.weight"].abs().sum() > 0
+    for name, grad in grad_ab.items():
+        torch.testing.assert_close(grad, grad_a[name] + grad_b[name], rtol=1e-4, atol=1e-7)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    ner.finish_update(Adam(1e-3))
+    assert not torch.equal(before["hf.classifier.weight"], params["hf.classifier.weight"])
+    assert all(not p.grad.any() for p in params.values() if p.grad is not None)
+    # The next step sees its own gradient only.
+    after_step = accumulate(a, fresh=False)
+    for name, grad in accumulate(a).items():
+        torch.testing.assert_close(after_step[name], grad)
+
+
+class CPUGradScaler(PyTorchGradScaler):
+    """thinc's gradient scaler without its CUDA check, to run the GPU path on a CPU."""
+
+    def _scale_tensor(self, tensor, scale_per_device, inplace):
+        return tensor.mul_(self._scale) if inplace else tensor * self._scale
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_scaled_gradients_are_unscaled_once(tiny_luke, monkeypatch):
+    """Mixed precision (GPU): gradients of several backward passes (forward batches,
+    accumulate_gradient) are unscaled once in finish_update, so the step equals fp32's."""
+
+    def step(scaled: bool):
+        nlp, examples = accumulating_nlp(tiny_luke)
+        ner = nlp.get_pipe("luke_ner")
+        if scaled:
+            shim = ner.model.shims[0]
+            shim._grad_scaler = CPUGradScaler(enabled=True, init_scale=2.0**10)
+            monkeypatch.setattr(shim, "_mixed_precision_on", lambda: True)
+        for batch in (examples[:2], examples[2:]):
+            nlp.update(batch, sgd=False, drop=0.0)
+        ner.finish_update(Adam(1e-3))
+        return {n: p.detach().clone() for n, p in get_scorer(ner.model).named_parameters()}
+
+    plain, scaled = step(False), step(True)
+    for name, value in plain.items():
+        torch.testing.assert_close(scaled[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_mixed_precision_on_cpu_trains_in_float32(tiny_luke):
+    """`model.mixed_precision = true` on a CPU warns and trains exactly as without it."""
+
+    def train(**model_cfg):
+        nlp, examples = accumulating_nlp(tiny_luke, **model_cfg)
+        optimizer = Adam(5e-3)
+        return [nlp.update(examples, sgd=optimizer, drop=0.0)["luke_ner"] for _ in range(4)]
+
+    with pytest.warns(UserWarning, match="mixed_precision needs a CUDA device"):
+        mixed = train(mixed_precision=True)
+    assert all(math.isfinite(loss) for loss in mixed) and mixed[-1] < mixed[0]
+    assert mixed == pytest.approx(train(), rel=1e-5)
+
+
+def test_custom_label_config_fills_to_the_main_config():
+    """configs/luke_ner_custom.cfg only sets what differs: its filled component settings and
+    training block are those of configs/luke_ner.cfg, and both training blocks resolve."""
+    from spacy.schemas import ConfigSchemaTraining
+    from spacy.util import load_config, load_model_from_config, registry
+
+    filled = []
+    for name in ("luke_ner.cfg", "luke_ner_custom.cfg"):
+        nlp = load_model_from_config(load_config(CONFIGS / name), auto_fill=True)
+        config = nlp.config.interpolate()
+        registry.resolve(config["training"], schema=ConfigSchemaTraining)
+        filled.append(config)
+    main, custom = filled
+    assert custom["components"]["luke_ner"]["model"].pop("name") == "studio-ousia/luke-base"
+    main["components"]["luke_ner"]["model"].pop("name")
+    assert custom["components"] == main["components"]
+    assert custom["initialize"]["components"]["luke_ner"]["labels"] == ["ANIMAL", "FOOD"]
+    for key in ("batcher", "dropout", "accumulate_gradient", "score_weights"):
+        assert custom["training"][key] == main["training"][key], key
+    # The schedule's length follows max_steps; the rate is the recipe's.
+    rates = [config["training"]["optimizer"].pop("learn_rate") for config in filled]
+    assert rates[0]["initial_rate"] == rates[1]["initial_rate"]
+    assert custom["training"]["optimizer"] == main["training"]["optimizer"]
