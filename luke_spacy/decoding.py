@@ -53,16 +53,19 @@ def decode_logits(
     *,
     no_entity_id: int = 0,
     taken: Iterable[int] = (),
+    threshold: float = 0.0,
 ) -> List[Tuple[Span, int, int]]:
     """`greedy_decode` of span logits: each span's argmax label and max logit.
 
     No-entity spans are dropped with numpy first, so a long sentence's candidates never become
-    Python objects.
+    Python objects. With a threshold, spans whose best label has a lower softmax probability
+    are dropped too (0.0 keeps the recipe).
 
     spans (Sequence[Span]): Candidate word spans (end exclusive) in enumeration order.
     logits (numpy.ndarray): (n_spans, n_labels) logits.
     no_entity_id (int): The label id that means "no entity".
     taken (Iterable[int]): Words that must stay free.
+    threshold (float): Least probability of a span's best label.
     RETURNS (List[Tuple[Span, int, int]]): (span, label id, row of `logits`) of each accepted
         entity, in acceptance order.
     """
@@ -71,6 +74,8 @@ def decode_logits(
         return []
     label_ids = logits.argmax(axis=1)
     keep = numpy.flatnonzero(label_ids != no_entity_id)
+    if threshold > 0.0 and len(keep):
+        keep = keep[softmax(logits[keep]).max(axis=1) >= threshold]
     found = greedy_decode(
         [(s, e) for s, e in numpy.asarray(spans)[keep].tolist()],
         logits[keep].max(axis=1).tolist(),
@@ -79,3 +84,10 @@ def decode_logits(
         taken=taken,
     )
     return [(span, label, int(keep[k])) for span, label, k in found]
+
+
+def softmax(x: numpy.ndarray) -> numpy.ndarray:
+    """Row-wise softmax, computed in float64 for stable probabilities."""
+    x = numpy.asarray(x, dtype="float64")
+    e = numpy.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

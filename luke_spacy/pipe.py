@@ -24,7 +24,7 @@ from thinc.types import Ragged
 from transformers.modeling_outputs import BaseModelOutput
 
 from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-from .decoding import decode_logits
+from .decoding import decode_logits, softmax
 from .encoding import Pass, RecipeSettings, batch_by_budget, collate, groups_of, plan_doc
 from .model import (
     entity_ids,
@@ -49,6 +49,7 @@ device = null
 dtype = "float32"
 attention = "sdpa"
 overwrite_ents = false
+threshold = 0.0
 spans_key = "luke_ner"
 set_trf_data = false
 
@@ -89,6 +90,7 @@ def make_luke_ner(
     dtype: str,
     attention: str,
     overwrite_ents: bool,
+    threshold: float,
     spans_key: Optional[str],
     set_trf_data: bool,
     scorer: Optional[Callable],
@@ -107,6 +109,7 @@ def make_luke_ner(
         dtype=dtype,
         attention=attention,
         overwrite_ents=overwrite_ents,
+        threshold=threshold,
         spans_key=spans_key,
         set_trf_data=set_trf_data,
         scorer=scorer,
@@ -164,6 +167,7 @@ class LukeEntityRecognizer(TrainablePipe):
         dtype: str = "float32",
         attention: str = "sdpa",
         overwrite_ents: bool = False,
+        threshold: float = 0.0,
         spans_key: Optional[str] = "luke_ner",
         set_trf_data: bool = False,
         scorer: Optional[Callable] = None,
@@ -183,6 +187,8 @@ class LukeEntityRecognizer(TrainablePipe):
         attention (str): "eager" (transformers' own) or "sdpa" (entity-aware attention fused
             into one scaled_dot_product_attention call per layer).
         overwrite_ents (bool): Replace entities already on the Doc instead of keeping them.
+        threshold (float): Least probability of a span's best label for it to compete as an
+            entity; 0.0 is the recipe (every span whose best label is not no-entity).
         spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
         set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
         scorer (Optional[Callable]): The scoring method.
@@ -196,6 +202,7 @@ class LukeEntityRecognizer(TrainablePipe):
             device=device,
             dtype=dtype,
             attention=attention,
+            threshold=threshold,
         )
         self.vocab = vocab
         self.model = model
@@ -211,6 +218,7 @@ class LukeEntityRecognizer(TrainablePipe):
             "dtype": dtype,
             "attention": attention,
             "overwrite_ents": overwrite_ents,
+            "threshold": threshold,
             "spans_key": spans_key,
             "set_trf_data": set_trf_data,
             "labels": [],
@@ -383,11 +391,14 @@ class LukeEntityRecognizer(TrainablePipe):
         for d, spans, logits in self._sentence_scores(docs, words=words):
             lo, hi = int(spans[:, 0].min()), int(spans[:, 1].max())
             accepted = decode_logits(
-                spans, logits, taken=[i for i in range(lo, hi) if i in taken[d]]
+                spans,
+                logits,
+                taken=[i for i in range(lo, hi) if i in taken[d]],
+                threshold=self.cfg["threshold"],
             )
             if accepted:
                 rows = [k for _, _, k in accepted]
-                probs = _softmax(logits[rows]).max(axis=1)
+                probs = softmax(logits[rows]).max(axis=1)
                 labels = numpy.asarray([label for _, label, _ in accepted])
                 found[d].append((spans[rows], labels, probs))
         return [
@@ -710,6 +721,7 @@ def check_settings(
     device: Optional[str],
     dtype: str,
     attention: str,
+    threshold: float = 0.0,
 ) -> None:
     """Raise a ValueError that names the fix for an invalid setting."""
     for key, value in (
@@ -725,6 +737,12 @@ def check_settings(
             f"luke_ner: max_mention_length ({max_mention_length}) cannot exceed max_length "
             f"({max_length})."
         )
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (0.0 <= threshold <= 1.0)
+    ):
+        raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
     if context not in CONTEXTS:
         raise ValueError(f"luke_ner: context must be one of {CONTEXTS}, got {context!r}.")
     if attention not in ATTENTIONS:
@@ -754,11 +772,6 @@ def _doc_entities(
     return DocEntities(
         spans[order].astype("i"), labels[order].astype("i"), scores[order].astype("f"), trf_data
     )
-
-
-def _softmax(x: numpy.ndarray) -> numpy.ndarray:
-    e = numpy.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _trf_data(

@@ -111,3 +111,21 @@ def test_matches_notebook_decode_on_random_logits(seed):
     # acceptance order is descending by score
     scores = [float(logits[k].max()) for _, _, k in accepted]
     assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_threshold_treats_unlikely_spans_as_no_entity(threshold):
+    """A span whose best label's probability is under the threshold decodes like a NIL span."""
+    rng = numpy.random.default_rng(3)
+    n_words = 10
+    spans = [(i, j) for i in range(n_words) for j in range(i + 1, min(n_words, i + 4) + 1)]
+    logits = rng.normal(scale=2.0, size=(len(spans), 5))
+    e = numpy.exp(logits - logits.max(axis=1, keepdims=True))
+    best = (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+    assert (best < threshold).any() and (best >= threshold).any()
+    as_nil = logits.copy()
+    as_nil[best < threshold, 0] = as_nil[best < threshold].max(axis=1) + 1.0
+    expected = notebook_tags(spans, as_nil.tolist(), n_words)
+    accepted = decode_logits(spans, logits, threshold=threshold)
+    assert to_tags(accepted, n_words) == expected
+    assert decode_logits(spans, logits, threshold=0.0) == decode_logits(spans, logits)

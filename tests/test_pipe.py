@@ -269,6 +269,8 @@ def test_evaluate_reports_ner_scores(nlp):
         ({"context": "paragraph"}, "context"),
         ({"dtype": "int8"}, "dtype"),
         ({"device": "not-a-device"}, "device"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
     ],
 )
 def test_invalid_settings_raise_at_add_pipe(tiny_luke, cfg, key):
@@ -458,3 +460,39 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     assert ents_of(doc) == sorted(
         [(3, 4, "CUSTOM")] + [(s, e, ner.labels[label - 1]) for (s, e), label, _ in expected]
     )
+
+
+def test_threshold_drops_unlikely_spans_and_spacy_find_threshold_tunes_it(tiny_luke, tmp_path):
+    from spacy.cli.find_threshold import find_threshold
+    from spacy.tokens import DocBin
+
+    from luke_spacy.decoding import decode_logits, softmax
+
+    texts = [t for t in TEXTS if t] * 2
+    nlp = make_nlp(tiny_luke)
+    ner = nlp.get_pipe("luke_ner")
+    scores = ner.span_scores([nlp.make_doc(t) for t in texts])
+    best = numpy.concatenate([softmax(s.logits).max(axis=1) for s in scores])
+    cut = 0.6
+    assert (best < cut).any() and (best >= cut).any()
+    strict = make_nlp(tiny_luke, threshold=cut)
+    gold = []
+    for text, score in zip(texts, scores):
+        doc = strict(text)
+        expected = decode_logits(score.spans, score.logits, threshold=cut)
+        assert ents_of(doc) == sorted((s, e, ner.labels[i - 1]) for (s, e), i, _ in expected)
+        gold.append(doc)
+    assert sum(map(len, (d.ents for d in gold))) < sum(len(nlp(t).ents) for t in texts)
+
+    # spaCy's find-threshold reloads the pipeline with each threshold; gold made at 0.6
+    # is matched exactly there, and nothing is predicted at 1.0.
+    nlp.to_disk(tmp_path / "pipeline")
+    DocBin(docs=gold).to_disk(tmp_path / "dev.spacy")
+    _, best_score, by_threshold = find_threshold(
+        str(tmp_path / "pipeline"), tmp_path / "dev.spacy", "luke_ner", "threshold", "ents_f",
+        n_trials=6,
+    )  # fmt: skip
+    by_threshold = {round(float(t), 3): f for t, f in by_threshold.items()}
+    assert by_threshold[0.6] == best_score == 1.0
+    assert by_threshold[1.0] == 0.0
+    assert by_threshold[0.0] < 1.0

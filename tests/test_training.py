@@ -178,7 +178,7 @@ def test_get_loss_equals_update_loss(tiny_luke):
     examples = custom_examples(nlp)
     nlp.initialize(lambda: examples)
     ner = nlp.get_pipe("luke_ner")
-    scores = ner.predict([eg.predicted for eg in examples])
+    scores = ner.span_scores([eg.predicted for eg in examples])
     loss, grads = ner.get_loss(examples, scores)
     # Independent cross-entropy over all candidate spans.
     label_ids = {label: i for i, label in enumerate(("NIL", "ANIMAL", "FOOD"))}
@@ -267,13 +267,13 @@ def test_fused_attention_sees_optimizer_updates(tiny_luke):
     nlp.initialize(lambda: examples)
     ner = nlp.get_pipe("luke_ner")
     docs = [eg.predicted for eg in examples]
-    before = ner.predict(docs)
+    before = ner.span_scores(docs)
     optimizer = Adam(5e-3)
     for _ in range(3):
         nlp.update(examples, sgd=optimizer)
-    fused = ner.predict(docs)
+    fused = ner.span_scores(docs)
     unfuse_entity_aware_attention(get_objects(ner.model).transformer)
-    eager = ner.predict(docs)
+    eager = ner.span_scores(docs)
     for old, new, ref in zip(before, fused, eager):
         assert not numpy.allclose(old.logits, ref.logits, atol=1e-3)
         numpy.testing.assert_allclose(new.logits, ref.logits, atol=1e-4)
