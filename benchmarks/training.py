@@ -9,6 +9,8 @@ seconds per training word times the words of the training set). It measures the 
 machinery, not LUKE's accuracy: LUKE's accuracy comes from its pretraining, which a
 from-scratch model does not have. `--context sentence` trains on the sentences alone (passes
 of ~100 instead of ~640 positions), so a CPU run sees enough steps for a non-trivial dev F1.
+`--size base --device cuda [--mixed-precision]` is the luke-base-shaped GPU run (thinc's ops
+on the GPU too, as `spacy train --gpu-id` sets them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ SMALL = {
     "intermediate_size": 512,
     "entity_emb_size": 128,
 }
+# luke-base's shape (RoBERTa-base plus 256-wide entity embeddings), for GPU runs.
+BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "entity_emb_size": 256,
+}
+SIZES = {"small": SMALL, "base": BASE}
 
 
 def examples(nlp, docs):
@@ -61,12 +72,22 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=0, help="0: the budget alone")
     parser.add_argument("--context", choices=("document", "sentence"), default="document")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda[:N] (as spacy train --gpu-id)"
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="model shape")
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="model.mixed_precision (GPU only)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(0)
     torch.manual_seed(0)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        # What `spacy train --gpu-id N` does: thinc's ops (and the optimizer) on the GPU too.
+        spacy.require_gpu(int(args.device.partition(":")[2] or 0))
 
     vocab = spacy.blank("en").vocab
     train_docs = list(make_docs(vocab, read_conll(split_path(args.conll, "train"))))
@@ -74,11 +95,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = [" ".join(t.text for t in doc) for doc in train_docs[:200]]
         model_dir = build_random_checkpoint(
-            Path(tmp) / "model", config=SMALL, bpe_dir=args.bpe_dir, corpus=corpus,
+            Path(tmp) / "model", config=SIZES[args.size], bpe_dir=args.bpe_dir, corpus=corpus,
             vocab_size=8000,
         )  # fmt: skip
         nlp = spacy.blank("en", vocab=vocab)
-        cfg = {"model": {"name": str(model_dir)}, "device": args.device, "context": args.context}
+        cfg = {
+            "model": {"name": str(model_dir), "mixed_precision": args.mixed_precision},
+            "device": args.device,
+            "context": args.context,
+        }
         nlp.add_pipe("luke_ner", config=cfg)
         train = examples(nlp, train_docs)
         dev = examples(nlp, dev_docs)
@@ -117,7 +142,10 @@ def main(argv=None) -> int:
     eval_seconds = time.perf_counter() - eval_start
     dev_words = sum(len(eg.reference) for eg in dev)
     report = {
-        "model": SMALL,
+        "model": SIZES[args.size],
+        "size": args.size,
+        "mixed_precision": args.mixed_precision,
+        "card": torch.cuda.get_device_name() if cuda else None,
         "vocabulary": "RoBERTa BPE" if args.bpe_dir else "BPE trained on 200 train documents",
         "device": args.device,
         "threads": args.threads,
