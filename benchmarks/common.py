@@ -237,28 +237,14 @@ def b1_predict(
     RETURNS (Tuple[List[List[Set[Entity]]], int]): Entities per document and sentence, and
         the number of forward passes.
     """
-    from luke_spacy.encoding import collate
-    from luke_spacy.model import entity_ids
-
     pipe = component(nlp)
     passes, _ = pipe.plan(docs)
-    tokenizer = pipe.model.shims[0]._hfmodel.tokenizer
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    mask_id, pad_id = entity_ids(tokenizer)
     spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
     with torch.inference_mode():
         for p in passes:
-            batch = collate(
-                [p],
-                cls_id=tokenizer.cls_token_id,
-                sep_id=tokenizer.sep_token_id,
-                pad_id=tokenizer.pad_token_id,
-                mask_entity_id=mask_id,
-                pad_entity_id=pad_id,
-                max_mention_length=pipe.cfg["max_mention_length"],
-                device=device,
-            )
+            batch = pipe.collate_passes([p], device)
             out = model(**batch)
             if flops is not None:
                 n = p.length + len(p.spans)

@@ -38,27 +38,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     from luke_spacy.attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-    from luke_spacy.encoding import batch_by_budget, collate
-    from luke_spacy.model import entity_ids
+    from luke_spacy.encoding import batch_by_budget
 
     documents = read_conll(args.conll, args.max_docs)
     nlp, _ = load_pipeline(args.model, "exact", "cpu", args.max_batch_items)
     pipe = component(nlp)
-    tokenizer, b1_model = load_hf(args.model, "cpu")
+    _, b1_model = load_hf(args.model, "cpu")
     _, ours_model = load_hf(args.model, "cpu")
     passes, _ = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
-    mask_id, pad_id = entity_ids(tokenizer)
 
-    def batch(ps):
-        return collate(
-            ps,
-            cls_id=tokenizer.cls_token_id,
-            sep_id=tokenizer.sep_token_id,
-            pad_id=tokenizer.pad_token_id,
-            mask_entity_id=mask_id,
-            pad_entity_id=pad_id,
-            max_mention_length=pipe.cfg["max_mention_length"],
-        )
+    batch = pipe.collate_passes
 
     def timed(model, inputs_list) -> float:
         start = time.perf_counter()

@@ -507,22 +507,30 @@ class LukeEntityRecognizer(TrainablePipe):
         self, passes: Sequence[Pass], device: torch.device
     ) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
         """Tensor batches of passes under the batch budget, with their pass indices."""
+        for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
+            yield indices, self.collate_passes([passes[i] for i in indices], device)
+
+    def collate_passes(
+        self, passes: Sequence[Pass], device: Union[torch.device, str] = "cpu"
+    ) -> Dict[str, torch.Tensor]:
+        """The model inputs of passes padded into one batch, with the checkpoint's ids.
+
+        passes (Sequence[Pass]): Passes from `plan`.
+        device (Union[torch.device, str]): Where the tensors go.
+        RETURNS (Dict[str, torch.Tensor]): The `LukeForEntitySpanClassification` inputs.
+        """
         tokenizer = self._objects().tokenizer
         mask_id, pad_entity_id = entity_ids(tokenizer)
-        for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
-            yield (
-                indices,
-                collate(
-                    [passes[i] for i in indices],
-                    cls_id=tokenizer.cls_token_id,
-                    sep_id=tokenizer.sep_token_id,
-                    pad_id=tokenizer.pad_token_id,
-                    mask_entity_id=mask_id,
-                    pad_entity_id=pad_entity_id,
-                    max_mention_length=self.cfg["max_mention_length"],
-                    device=device,
-                ),
-            )
+        return collate(
+            passes,
+            cls_id=tokenizer.cls_token_id,
+            sep_id=tokenizer.sep_token_id,
+            pad_id=tokenizer.pad_token_id,
+            mask_entity_id=mask_id,
+            pad_entity_id=pad_entity_id,
+            max_mention_length=self.cfg["max_mention_length"],
+            device=device,
+        )
 
     def _to_device(self) -> torch.device:
         """Move the model to the configured device (or thinc's current one) and return it."""
