@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 import torch
 
 from luke_spacy import conll
-from luke_spacy.decoding import greedy_decode
+from luke_spacy.decoding import decode_logits
 
 Sentence = List[str]
 Document = List[Sentence]
@@ -87,8 +87,7 @@ def greedy(
     """The recipe's decoding: drop NIL (label 0), stable sort by max logit, no overlaps."""
     if len(spans) == 0:
         return set()
-    best, label = logits.float().max(dim=-1)
-    found = greedy_decode([tuple(span) for span in spans], best.tolist(), label.tolist())
+    found = decode_logits(spans, logits.float().cpu().numpy())
     return {(start, end, labels[label_id]) for (start, end), label_id, _ in found}
 
 
