@@ -18,6 +18,26 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
 
 
+def notebook_decode(word_spans, logits, n_words, id2label=None, preset=()):
+    """The decode loop of LUKE's CoNLL notebook (luke-reference.md section 3), on plain lists:
+    an independent reference for the component's decoding. Words in `preset` are already
+    taken; labels are ids, or names through `id2label`. RETURNS sorted (start, end, label)."""
+    cand = []
+    for k, (ws, we) in enumerate(word_spans):
+        row = [float(x) for x in logits[k]]
+        m = max(row)
+        idx = row.index(m)
+        if idx != 0:
+            cand.append((m, (ws, we), idx if id2label is None else id2label[idx]))
+    free = [w not in set(preset) for w in range(n_words)]
+    ents = []
+    for _m, (ws, we), label in sorted(cand, key=lambda c: c[0], reverse=True):
+        if all(free[ws:we]):
+            free[ws:we] = [False] * (we - ws)
+            ents.append((ws, we, label))
+    return sorted(ents)
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

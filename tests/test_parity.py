@@ -15,7 +15,7 @@ import numpy
 import pytest
 import spacy
 import torch
-from conftest import shared_path
+from conftest import notebook_decode, shared_path
 from spacy.tokens import Doc
 from transformers import AutoTokenizer, LukeForEntitySpanClassification
 
@@ -69,24 +69,6 @@ def hf_run(path, doc):
     with torch.no_grad():
         out = model(**enc, output_hidden_states=True)
     return enc, word_spans, out
-
-
-def notebook_decode(word_spans, logits, n_words, id2label):
-    """The notebook's decode loop (luke-reference.md section 3), on plain lists."""
-    cand = []
-    for k, (ws, we) in enumerate(word_spans):
-        row = [float(x) for x in logits[k]]
-        m = max(row)
-        idx = row.index(m)
-        if idx != 0:
-            cand.append((m, (ws, we), id2label[idx]))
-    tags = ["O"] * n_words
-    ents = []
-    for _m, (ws, we), lab in sorted(cand, key=lambda c: c[0], reverse=True):
-        if all(t == "O" for t in tags[ws:we]):
-            tags[ws:we] = [lab] * (we - ws)
-            ents.append((ws, we, lab))
-    return sorted(ents)
 
 
 def make_nlp(path, context="document", **extra):

@@ -8,6 +8,7 @@ import json
 import numpy
 import pytest
 import spacy
+from conftest import notebook_decode
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from transformers import AutoTokenizer, BertConfig, LukeConfig, LukeModel
@@ -58,24 +59,6 @@ def count_candidates(lengths, sentences, max_mention_length):
                 if lengths[i] and lengths[j]:
                     count += 1
     return count
-
-
-def notebook_decode(word_spans, logits, n_words, preset=()):
-    """The notebook's greedy decode loop, with words in `preset` already taken."""
-    cand = []
-    for k, (ws, we) in enumerate(word_spans):
-        row = [float(x) for x in logits[k]]
-        m = max(row)
-        idx = row.index(m)
-        if idx != 0:
-            cand.append((m, (ws, we), idx))
-    free = [w not in set(preset) for w in range(n_words)]
-    ents = []
-    for _m, (ws, we), idx in sorted(cand, key=lambda c: c[0], reverse=True):
-        if all(free[ws:we]):
-            free[ws:we] = [False] * (we - ws)
-            ents.append((ws, we, idx))
-    return sorted(ents)
 
 
 def assert_valid_ents(doc, labels):
