@@ -243,7 +243,7 @@ def b1_predict(
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
     with torch.inference_mode():
         for p in passes:
-            batch = pipe.collate_passes([p], device)
+            batch = pipe.runtime.collate([p], device)
             out = model(**batch)
             if flops is not None:
                 n = p.length + len(p.spans)

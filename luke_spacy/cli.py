@@ -25,7 +25,8 @@ from huggingface_hub.utils import logging as hf_logging
 
 from . import __version__
 from .model import CheckpointError
-from .pipe import CONTEXTS, DEFAULT_CONFIG, LukeEntityRecognizer
+from .pipe import DEFAULT_CONFIG, LukeEntityRecognizer
+from .settings import CONTEXTS
 
 PROG = "luke-spacy"
 DEFAULT_MODEL = DEFAULT_CONFIG["luke_ner"]["model"]["name"]
