@@ -251,12 +251,12 @@ def run_annotate(args: argparse.Namespace) -> int:
     # only turn long texts into errors.
     nlp.max_length = sys.maxsize
     items = _read_args(texts) if texts is not None else _read_sources(sources, args.text_field)
+    output = Output(args.output)
     progress = None
     if show_progress:
         from tqdm import tqdm
 
         progress = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
-    output = Output(args.output)
     try:
         return _annotate(nlp, spans_keys, items, output, args, progress)
     except BrokenPipeError:
@@ -334,33 +334,17 @@ def _annotate(
 def _pipe(nlp: Any, items: Iterable[Item], batch_size: int) -> Iterator[Tuple[Item, Any]]:
     """Each item with its Doc, the exception the pipeline raised on it, or None for items
     that were bad before the pipeline; in input order."""
+    from .records import run_isolated
+
     items = iter(items)
     while True:
         chunk = list(islice(items, batch_size))
         if not chunk:
             return
         texts = [item.text for item in chunk if item.error is None]
-        results = iter(_run(nlp, texts))
+        results = iter(run_isolated(nlp, texts))
         for item in chunk:
             yield item, (next(results) if item.error is None else None)
-
-
-def _run(nlp: Any, texts: List[str]) -> List[Any]:
-    """The Docs of a batch of texts; when the pipeline raises, each text runs alone, so only
-    the texts that fail become their exceptions. (spaCy's error handler would drop the
-    failing component's whole minibatch.)"""
-    if not texts:
-        return []
-    try:
-        return list(nlp.pipe(texts, batch_size=len(texts)))
-    except Exception:
-        results: List[Any] = []
-        for text in texts:
-            try:
-                results.append(nlp(text))
-            except Exception as err:  # the record's error; the other records go on
-                results.append(err)
-        return results
 
 
 def _sources(args: argparse.Namespace) -> Tuple[List[Source], Optional[List[str]]]:
