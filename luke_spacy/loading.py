@@ -1,0 +1,173 @@
+"""Load a pipeline with luke_ner for annotation: a saved pipeline, or a blank one + a checkpoint.
+
+The command line and the distributed engine load pipelines through `load_pipeline`, so both
+run the same pipeline for the same arguments.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import spacy
+from confection import ConfigValidationError
+from huggingface_hub.utils import logging as hf_logging
+from spacy import util
+from spacy.language import Language
+
+from .model import CheckpointError
+
+FACTORY = "luke_ner"
+# Pipe metadata that means a component sets sentence boundaries.
+SENTENCE_ASSIGNS = ("token.is_sent_start", "doc.sents")
+
+
+def load_pipeline(
+    *,
+    model: Optional[str] = None,
+    pipeline: Optional[str] = None,
+    lang: str = "en",
+    gpu: int = -1,
+    overrides: Optional[Dict[str, Any]] = None,
+    sentencizer: Optional[bool] = None,
+) -> Tuple[Language, List[str]]:
+    """Build or load a pipeline with luke_ner and load its checkpoints, so that load errors
+    come here rather than on the first text.
+
+    model (Optional[str]): Hub id or local checkpoint folder for a blank pipeline; None is the
+        component's default checkpoint.
+    pipeline (Optional[str]): A saved pipeline folder or an installed pipeline package, loaded
+        with `spacy.load` instead of a blank pipeline.
+    lang (str): Language of the blank pipeline's tokenizer.
+    gpu (int): GPU id, -1 for CPU.
+    overrides (Optional[Dict[str, Any]]): luke_ner settings, e.g. {"context": "sentence",
+        "dtype": "bfloat16"}, applied as config overrides so that they are validated.
+    sentencizer (Optional[bool]): Add spaCy's sentencizer before luke_ner; None adds it to a
+        blank pipeline, and to a saved one only when no earlier component sets sentences.
+    RETURNS (Tuple[Language, List[str]]): The pipeline and the spans keys of its luke_ner
+        components.
+    RAISES (CheckpointError): The checkpoint cannot be loaded.
+    RAISES (ValueError): Invalid arguments or settings, or no luke_ner in the pipeline.
+    RAISES (OSError): The pipeline cannot be read.
+    """
+    if model is not None and pipeline is not None:
+        raise ValueError("give a model or a pipeline, not both")
+    settings = dict(overrides or {})
+    if gpu >= 0:
+        device = _gpu_device(gpu)
+        if device is not None:
+            settings.setdefault("device", device)
+    # The hub client logs every retry of an unreachable network; the error raised here says
+    # what failed.
+    hf_logging.set_verbosity_error()
+    what = f"the pipeline {pipeline}" if pipeline is not None else "the model"
+    try:
+        if pipeline is not None:
+            nlp = _load_saved(pipeline, settings)
+        else:
+            nlp = _build_blank(lang, model, settings)
+        names = luke_ner_names(nlp)
+        if not names:
+            raise ValueError(f"the pipeline {pipeline} has no luke_ner component")
+        for name in names:
+            nlp.get_pipe(name).initialize(nlp=nlp)
+    except CheckpointError:
+        raise
+    except ConfigValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
+            for error in err.errors
+        )
+        raise ValueError(f"cannot load {what}: invalid settings: {problems}") from err
+    except ValueError as err:
+        raise ValueError(f"cannot load {what}: {one_line(err)}") from err
+    except OSError as err:
+        raise OSError(f"cannot load {what}: {one_line(err)}") from err
+    if sentencizer is None:
+        sentencizer = pipeline is None or not _sets_sentences(nlp, names[0])
+    if sentencizer and "sentencizer" not in nlp.pipe_names:
+        nlp.add_pipe("sentencizer", before=names[0])
+    spans_keys = [nlp.get_pipe(name).settings.spans_key for name in names]
+    return nlp, [key for key in spans_keys if key is not None]
+
+
+def luke_ner_names(nlp: Language) -> List[str]:
+    """The names of the pipeline's luke_ner components, in pipeline order."""
+    return [name for name in nlp.pipe_names if nlp.get_pipe_config(name)["factory"] == FACTORY]
+
+
+def _build_blank(lang: str, model: Optional[str], settings: Dict[str, Any]) -> Language:
+    try:
+        nlp = spacy.blank(lang)
+    except ImportError as err:
+        raise ValueError(f"no spaCy language {lang!r}: {one_line(err)}") from err
+    config = dict(settings)
+    if model is not None:
+        config["model"] = {**config.get("model", {}), "name": _model_name(model)}
+    nlp.add_pipe(FACTORY, config=config)
+    return nlp
+
+
+def _load_saved(pipeline: str, settings: Dict[str, Any]) -> Language:
+    if not settings:
+        return spacy.load(pipeline)
+    config_path = _config_path(pipeline)
+    if config_path is None:
+        return spacy.load(pipeline)  # spaCy says why it cannot find the pipeline
+    components = util.load_config(config_path)["components"]
+    names = [name for name, block in components.items() if block.get("factory") == FACTORY]
+    return spacy.load(pipeline, config={"components": {name: settings for name in names}})
+
+
+def _config_path(pipeline: str) -> Optional[Path]:
+    """The config.cfg of a saved pipeline folder or an installed pipeline package."""
+    path = Path(pipeline)
+    if not path.exists() and util.is_package(pipeline):
+        # spacy.load's layout of a package: its data folder is named after its meta.
+        package = util.get_package_path(pipeline)
+        meta = util.get_model_meta(package)
+        path = package / f"{meta['lang']}_{meta['name']}-{meta['version']}"
+    config_path = path / "config.cfg"
+    return config_path if config_path.is_file() else None
+
+
+def _gpu_device(gpu_id: int) -> Optional[str]:
+    """Select the GPU: `spacy.require_gpu(gpu_id)`; without CuPy, the torch device to give
+    luke_ner (the component runs in torch, so CuPy is optional)."""
+    try:
+        spacy.require_gpu(gpu_id)
+        return None
+    except (ValueError, RuntimeError, ImportError) as err:
+        import torch
+
+        if torch.cuda.is_available() and gpu_id < torch.cuda.device_count():
+            return f"cuda:{gpu_id}"
+        raise ValueError(f"cannot use GPU {gpu_id}: {one_line(err)}") from err
+
+
+def _model_name(name: str) -> str:
+    """The model name; a path-like one that is no folder fails before any loading."""
+    name = os.path.expanduser(name)
+    path_like = os.path.isabs(name) or name.startswith(".") or name.count("/") > 1
+    if path_like and not os.path.isdir(name):
+        raise CheckpointError(
+            f"{name} is not a folder. Pass a local folder with config.json, the weights and "
+            "the tokenizer files (or a hub id)."
+        )
+    return name
+
+
+def _sets_sentences(nlp: Language, before: str) -> bool:
+    """Whether a component before `before` sets sentence boundaries."""
+    for name in nlp.pipe_names:
+        if name == before:
+            return False
+        assigns = nlp.get_pipe_meta(name).assigns
+        if any(attr in assigns for attr in SENTENCE_ASSIGNS):
+            return True
+    return False
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

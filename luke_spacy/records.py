@@ -1,0 +1,108 @@
+"""The output records of annotation: one JSON object per input text.
+
+A good record:
+
+    {"text": str, "entities": [{"text", "label", "start", "end", "score"}, ...], "meta": {...}}
+
+`start`/`end` are character offsets into `text`, `score` is the probability of the label (None
+for entities that luke_ner did not set), and `meta` (only when not empty) holds the input
+record's other fields. A bad input record, or one that made the pipeline raise, becomes:
+
+    {"text": str or None, "error": str, "source": "FILE:LINE", "meta": {...}}
+
+with `text` None when the input had no readable text. A record is an error record exactly when
+it has an "error" key. `run_isolated` runs a batch so that one failing text does not fail the
+others.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc
+
+ENTITY_FIELDS = ("text", "label", "start", "end", "score")
+
+
+def doc_to_record(
+    doc: Any, spans_keys: Sequence[str], meta: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """The output record of a Doc: text, `doc.ents` with character offsets and scores.
+
+    Scores come from `doc.spans[key].attrs["scores"]`; entities that luke_ner did not set
+    (kept from an earlier component) have score None.
+
+    doc (Doc): The processed Doc.
+    spans_keys (Sequence[str]): The spans keys of the pipeline's luke_ner components.
+    meta (Optional[Dict[str, Any]]): The input record's other fields.
+    RETURNS (Dict[str, Any]): The record.
+    """
+    scores: Dict[Tuple[int, int, str], float] = {}
+    for key in spans_keys:
+        group = doc.spans.get(key)
+        if group is None:
+            continue
+        values = group.attrs.get("scores")
+        if values is None:
+            continue
+        for span, score in zip(group, values):
+            scores[(span.start, span.end, span.label_)] = float(score)
+    entities = [
+        {
+            "text": ent.text,
+            "label": ent.label_,
+            "start": ent.start_char,
+            "end": ent.end_char,
+            "score": scores.get((ent.start, ent.end, ent.label_)),
+        }
+        for ent in doc.ents
+    ]
+    record: Dict[str, Any] = {"text": doc.text, "entities": entities}
+    if meta:
+        record["meta"] = meta
+    return record
+
+
+def error_record(
+    error: str,
+    source: str,
+    *,
+    text: Optional[str] = None,
+    meta: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The record of an input that could not be annotated.
+
+    error (str): What went wrong, in one line.
+    source (str): Where the input came from, e.g. "docs.jsonl:12".
+    text (Optional[str]): The input text, None when it could not be read.
+    meta (Optional[Dict[str, Any]]): The input record's other fields.
+    RETURNS (Dict[str, Any]): The record.
+    """
+    record: Dict[str, Any] = {"text": text, "error": error, "source": source}
+    if meta:
+        record["meta"] = meta
+    return record
+
+
+def run_isolated(nlp: Language, texts: Sequence[str]) -> List[Union[Doc, Exception]]:
+    """Run the pipeline on a batch of texts so that a text that makes it raise fails alone.
+
+    The batch goes through `nlp.pipe`; when that raises, each text runs alone and the texts
+    that still fail get their exception in their place. (spaCy's error handler would drop the
+    failing component's whole minibatch instead.)
+
+    nlp (Language): The pipeline.
+    texts (Sequence[str]): The texts of one batch.
+    RETURNS (List[Union[Doc, Exception]]): A Doc or an exception per text, in order.
+    """
+    if not texts:
+        return []
+    try:
+        return list(nlp.pipe(texts, batch_size=len(texts)))
+    except Exception:
+        results: List[Union[Doc, Exception]] = []
+        for text in texts:
+            try:
+                results.append(nlp(text))
+            except Exception as err:  # this text's error; the others go on
+                results.append(err)
+        return results
