@@ -237,7 +237,7 @@ def b1_predict(
         the number of forward passes.
     """
     pipe = component(nlp)
-    passes, _ = pipe.plan(docs)
+    passes = pipe.plan(docs)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}

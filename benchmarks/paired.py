@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     pipe = component(nlp)
     _, b1_model = load_hf(args.model, "cpu")
     _, ours_model = load_hf(args.model, "cpu")
-    passes, _ = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
+    passes = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
 
     def batch(passes):
         return pipe.runtime.collate(passes, "cpu")

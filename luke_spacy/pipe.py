@@ -177,21 +177,16 @@ class LukeEntityRecognizer(TrainablePipe):
         self.runtime.load(labels=None if labels is None else list(labels))
         if labels is None or not examples:
             return
-        report = self.coverage(examples)
-        self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
-        if report.n_lost:
-            warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
-        else:
-            logger.info("luke_ner: %s", report.describe())
-
-    def coverage(self, examples: Iterable[Example]) -> Coverage:
-        """Count the gold entities of the examples that can never be candidate spans."""
         report = Coverage()
         for eg in examples:
             gold = gold_doc(eg, self.sentences)
             lengths = [len(ids) for ids in self._word_ids(gold.doc)]
             coverage(gold, lengths, self.settings.max_mention_length, report)
-        return report
+        self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
+        if report.n_lost:
+            warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
+        else:
+            logger.info("luke_ner: %s", report.describe())
 
     def sentences(self, doc: Doc) -> List[Tuple[int, int]]:
         """The sentence word ranges the component scores.
@@ -210,16 +205,14 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def plan(
         self, docs: Sequence[Doc], sentences: Optional[Sequence[List[Tuple[int, int]]]] = None
-    ) -> Tuple[List[Pass], List[List[Tuple[int, ...]]]]:
-        """The passes that score every candidate span of the Docs, and each Doc's word ids.
+    ) -> List[Pass]:
+        """The passes that score every candidate span of the Docs.
 
         docs (Sequence[Doc]): The Docs.
         sentences (Optional[Sequence[List[Tuple[int, int]]]]): Sentence ranges of each Doc;
             `self.sentences(doc)` when None.
         """
-        word_ids = [self._word_ids(doc) for doc in docs]
-        passes = list(self._passes(docs, sentences, word_ids))
-        return passes, word_ids
+        return list(self._passes(docs, sentences))
 
     def predict(self, docs: Iterable[Doc]) -> List[DocEntities]:
         """Score the candidate spans of each Doc and decode them, without modifying the Docs.
@@ -344,7 +337,7 @@ class LukeEntityRecognizer(TrainablePipe):
         if not examples:
             return losses
         golds = [gold_doc(eg, self.sentences) for eg in examples]
-        passes, _ = self.plan([g.doc for g in golds], [g.sentences for g in golds])
+        passes = self.plan([g.doc for g in golds], [g.sentences for g in golds])
         n_spans = sum(len(p.spans) for p in passes)
         if n_spans == 0:
             return losses
@@ -451,13 +444,12 @@ class LukeEntityRecognizer(TrainablePipe):
         self,
         docs: Sequence[Doc],
         sentences: Optional[Sequence[List[Tuple[int, int]]]] = None,
-        word_ids: Optional[Sequence[List[Tuple[int, ...]]]] = None,
     ) -> Iterator[Pass]:
         """The Docs' passes, planned lazily Doc by Doc."""
         for d, doc in enumerate(docs):
             yield from plan_doc(
                 d,
-                self._word_ids(doc) if word_ids is None else word_ids[d],
+                self._word_ids(doc),
                 self.sentences(doc) if sentences is None else sentences[d],
                 self.settings.recipe,
                 cover_all=self.settings.set_trf_data,
