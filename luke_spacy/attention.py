@@ -110,8 +110,14 @@ def _fused_forward(
     if self.use_entity_aware_attention and entity_hidden_states is not None:
         # One matmul per segment: words -> [q_w2w|q_w2e (per head) | k | v],
         # entities -> [q_e2w|q_e2e (per head) | k | v].
-        word_proj = F.linear(word_hidden_states, *_word_weights(self))
-        entity_proj = F.linear(entity_hidden_states, *_entity_weights(self))
+        word_weights = _fuse_linears(
+            self.query, self.w2e_query, self.key, self.value, n_heads=n_heads
+        )
+        entity_weights = _fuse_linears(
+            self.e2w_query, self.e2e_query, self.key, self.value, n_heads=n_heads
+        )
+        word_proj = F.linear(word_hidden_states, *word_weights)
+        entity_proj = F.linear(entity_hidden_states, *entity_weights)
         entity_size = entity_hidden_states.shape[1]
 
         def split(proj: torch.Tensor, length: int) -> tuple[torch.Tensor, ...]:
@@ -141,7 +147,9 @@ def _fused_forward(
             hidden_states = word_hidden_states
         else:
             hidden_states = torch.cat([word_hidden_states, entity_hidden_states], dim=1)
-        proj = F.linear(hidden_states, *_qkv_weights(self))
+        proj = F.linear(
+            hidden_states, *_fuse_linears(self.query, None, self.key, self.value, n_heads=n_heads)
+        )
         length = hidden_states.shape[1]
         query, key, value = (
             t.view(batch_size, length, n_heads, d) for t in proj.split(hidden, dim=-1)
@@ -199,7 +207,10 @@ def _fuse_linears(
     first: nn.Linear, second: nn.Linear | None, *rest: nn.Linear, n_heads: int
 ) -> Weights:
     # Weight/bias of one linear computing `first` (interleaved with `second`
-    # per head when given) followed by each of `rest`.
+    # per head when given) followed by each of `rest`. Concatenated on every call, never
+    # cached: optimizers such as thinc's update the parameters' memory in place through
+    # numpy/cupy views, which bumps neither the version counter nor the data pointer, so no
+    # cache key can tell a stale copy from a fresh one. The copy is small next to the matmuls.
     def bias(linear: nn.Linear) -> torch.Tensor:
         if linear.bias is not None:
             return linear.bias
@@ -217,43 +228,3 @@ def _fuse_linears(
     if bias_head is None:
         return weight, None
     return weight, torch.cat([bias_head] + [bias(lin) for lin in rest], dim=0)
-
-
-def _word_weights(layer: LukeSelfAttention) -> Weights:
-    return _fused_weights(
-        layer,
-        "word",
-        (layer.query, layer.w2e_query, layer.key, layer.value),
-        interleave=True,
-    )
-
-
-def _entity_weights(layer: LukeSelfAttention) -> Weights:
-    return _fused_weights(
-        layer,
-        "entity",
-        (layer.e2w_query, layer.e2e_query, layer.key, layer.value),
-        interleave=True,
-    )
-
-
-def _qkv_weights(layer: LukeSelfAttention) -> Weights:
-    return _fused_weights(layer, "qkv", (layer.query, layer.key, layer.value), interleave=False)
-
-
-def _fused_weights(
-    layer: LukeSelfAttention,
-    name: str,
-    linears: tuple[nn.Linear, ...],
-    *,
-    interleave: bool,
-) -> Weights:
-    """The fused weight/bias for `linears`, concatenated on every call.
-
-    Never cached: optimizers such as thinc's update the parameters' memory in place through
-    numpy/cupy views, which bumps neither the version counter nor the data pointer, so no
-    cache key can tell a stale copy from a fresh one. The copy is small next to the matmuls.
-    """
-    if interleave:
-        return _fuse_linears(*linears, n_heads=layer.num_attention_heads)
-    return _fuse_linears(linears[0], None, *linears[1:], n_heads=layer.num_attention_heads)
