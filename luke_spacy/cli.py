@@ -457,8 +457,10 @@ def _positive_int(value: str) -> int:
 
 def run_random_model(args: argparse.Namespace) -> int:
     """The `random-model` subcommand: write the folder and print it."""
-    from .random_model import build_random_checkpoint
+    from .random_model import build_random_checkpoint, missing_requirement
 
+    if missing_requirement(args.kind) is not None:
+        raise CLIError(missing_requirement(args.kind))
     size = args.size or ("full" if args.config else "tiny")
     if size == "full" and not args.config:
         raise CLIError("--size full needs --config CONFIG_JSON (the real model's config.json)")

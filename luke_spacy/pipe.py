@@ -24,9 +24,11 @@ from thinc.types import Ragged
 from transformers.modeling_outputs import BaseModelOutput
 
 from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
+from .checkpoint import check_saved_labels, peek_labels
 from .decoding import decode_logits, softmax
 from .encoding import Pass, RecipeSettings, batch_by_budget, collate, groups_of, plan_doc
 from .model import (
+    check_device,
     entity_ids,
     get_objects,
     get_scorer,
@@ -221,7 +223,7 @@ class LukeEntityRecognizer(TrainablePipe):
             "threshold": threshold,
             "spans_key": spans_key,
             "set_trf_data": set_trf_data,
-            "labels": [],
+            "labels": peek_labels(model.attrs["name"], model.attrs["revision"]),
         }
         self._word_tokenizer: Optional[WordTokenizer] = None
         self._sentencizer = Sentencizer()
@@ -714,6 +716,7 @@ class LukeEntityRecognizer(TrainablePipe):
             "cfg": lambda p: self._restore_cfg(srsly.read_json(p)),
             "model": load_model,
         }
+        check_saved_labels(path)
         util.from_disk(path, deserialize, exclude)
         self._on_load(get_objects(self.model))
         return self
@@ -757,13 +760,7 @@ def check_settings(
         raise ValueError(f"luke_ner: attention must be one of {ATTENTIONS}, got {attention!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"luke_ner: dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
-    if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(
-                f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or 'cuda:0'."
-            ) from err
+    check_device(device)
 
 
 def _doc_entities(
