@@ -261,9 +261,9 @@ def load_checkpoint(
             if has_head
             else []
         )
-        keep = has_head and current[0] in NO_ENTITY_LABELS and set(current[1:]) == set(labels)
-        if not keep:
-            ordered = [NO_ENTITY, *sorted(labels)]
+        no_entity = current[0] if current and current[0] in NO_ENTITY_LABELS else None
+        if not (no_entity and set(current[1:]) == set(labels)):
+            ordered = [no_entity or NO_ENTITY, *sorted(labels)]
             config.id2label = dict(enumerate(ordered))
             config.label2id = {label: i for i, label in enumerate(ordered)}
             head_kwargs["ignore_mismatched_sizes"] = True
@@ -287,7 +287,7 @@ def load_checkpoint(
         raise CheckpointError(_load_failure(name, err)) from err
     except RuntimeError as err:  # e.g. a size mismatch in weights that are not safetensors
         raise CheckpointError(
-            f"The weights of '{name}' do not match its config.json ({_first_line(err)})."
+            f"The weights of '{name}' do not match its config.json ({_describe(err)})."
         ) from err
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
@@ -342,6 +342,8 @@ def save_checkpoint(objects: HFObjects, path: Path) -> None:
 
 def _load_failure(name: str, err: Exception) -> str:
     """The message of a checkpoint that could not be found: the fix first, then the cause."""
+    if os.path.isdir(name):
+        return f"Could not load the checkpoint folder '{name}' ({_describe(err)})."
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     cause = (
         "the Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
@@ -356,7 +358,7 @@ def _load_failure(name: str, err: Exception) -> str:
         "{'name': '/path/to/folder'}}); config: [components.luke_ner.model] name = "
         '"/path/to/folder"), or for a smoke run with random weights write one with '
         f"`luke-spacy random-model /path/to/folder`. Cause: {cause} "
-        f"({type(err).__name__}: {_first_line(err)})."
+        f"({_describe(err)})."
     )
 
 
@@ -371,15 +373,16 @@ def _tokenizer_failure(name: str, is_local: bool, err: Exception) -> str:
             )
         return (
             f"Could not load the tokenizer of the checkpoint folder '{name}' "
-            f"({type(err).__name__}: {_first_line(err)}); check its tokenizer files "
+            f"({_describe(err)}); check its tokenizer files "
             "(tokenizer_config.json, the vocabulary, entity_vocab.json)."
         )
     return _load_failure(name, err)
 
 
-def _first_line(err: Exception) -> str:
+def _describe(err: Exception) -> str:
+    """An exception's type and the first line of its message."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else ""
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def check_device(device: Optional[str]) -> None:

@@ -277,3 +277,16 @@ def test_mluke_checkpoint_without_sentencepiece(tiny_mluke, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(CheckpointError, match=r"mLUKE.*luke-spacy\[mluke\]"):
         make_nlp(tiny_mluke)
+
+
+def test_training_heads_start_with_the_no_entity_class(tiny_mluke, pipeline_copy):
+    from luke_spacy.model import load_checkpoint
+
+    # mLUKE's no-entity class keeps its name in a new head
+    hf = load_checkpoint(str(tiny_mluke), labels=["ANIMAL"]).transformer
+    assert hf.config.id2label == {0: "O", 1: "ANIMAL"}
+    # a checkpoint whose label 0 is an entity type: the new head's label 0 is NIL, not PER
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    DAMAGES["label 0 not the no-entity class"][0](model_dir)
+    hf = load_checkpoint(str(model_dir), labels=["LOC", "MISC", "ORG", "PER"]).transformer
+    assert list(hf.config.id2label.values()) == ["NIL", "LOC", "MISC", "ORG", "PER"]
