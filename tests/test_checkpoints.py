@@ -181,13 +181,18 @@ def test_saved_pipeline_keeps_its_tokenizer_settings(saved_pipeline, pipeline_co
     assert ents(spacy.load(pipeline_copy)) == saved_pipeline[1]
 
 
-def test_cli_reports_a_damaged_pipeline_in_one_line(pipeline_copy, capsys):
-    DAMAGES["vocab.json missing"][0](pipeline_copy / "luke_ner" / "model")
+@pytest.mark.parametrize(
+    "kind",
+    ["weights garbage", "vocab.json missing", "config.json hidden size", "id2label gap"],
+)
+def test_cli_reports_a_damaged_pipeline_in_one_line(pipeline_copy, capsys, kind):
+    damage, file = DAMAGES[kind]
+    damage(pipeline_copy / "luke_ner" / "model")
     code = cli.main(["annotate", "--pipeline", str(pipeline_copy), "--no-progress", "Paris"])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "vocab.json" in err and str(pipeline_copy) in err
+    assert file in err and str(pipeline_copy) in err
 
 
 def test_missing_local_folder_fails_at_add_pipe(tmp_path):
