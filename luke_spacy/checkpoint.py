@@ -34,6 +34,8 @@ TOKENIZER_FILES = {
     "LukeTokenizer": ("vocab.json", "merges.txt", "entity_vocab.json"),
     "MLukeTokenizer": ("sentencepiece.bpe.model", "entity_vocab.json"),
 }
+# safetensors' own limit on the JSON header, so a garbage length is never read.
+MAX_HEADER_BYTES = 100_000_000
 # Label 0 is the no-entity class: LUKE's checkpoints call it NIL, mLUKE's O.
 NO_ENTITY_LABELS = ("NIL", "O")
 SENTENCEPIECE_MISSING = (
@@ -54,7 +56,7 @@ def check_folder(path: Path) -> Dict[str, Any]:
     """
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"The local folder '{path}' does not exist.")
+        raise CheckpointError(_missing_folder(str(path)))
     config = read_config(path)
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise CheckpointError(
@@ -115,7 +117,7 @@ def safetensors_shapes(file: Path) -> Dict[str, List[int]]:
         raise broken("empty" if size == 0 else f"{size} bytes")
     with open(file, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        if length > size - 8:
+        if length > min(size - 8, MAX_HEADER_BYTES):
             raise broken(f"not a safetensors file or truncated: header of {length} bytes")
         try:
             header = json.loads(f.read(length))
@@ -134,7 +136,8 @@ def safetensors_shapes(file: Path) -> Dict[str, List[int]]:
         except (TypeError, KeyError, IndexError, ValueError) as err:
             raise broken(f"not a safetensors file: bad entry {key!r}") from err
     if 8 + length + end != size:
-        raise broken(f"truncated: {size} bytes, the header announces {8 + length + end}")
+        what = "truncated" if size < 8 + length + end else "trailing bytes"
+        raise broken(f"{what}: {size} bytes, the header announces {8 + length + end}")
     return shapes
 
 
@@ -262,6 +265,10 @@ def missing_local_folder(name: str) -> Optional[str]:
     """An error message when `name` can only be a local folder and it does not exist."""
     if os.path.isdir(name) or is_hub_id(name):
         return None
+    return _missing_folder(name)
+
+
+def _missing_folder(name: str) -> str:
     return (
         f"The local folder '{name}' does not exist. Give the path of a folder with "
         "config.json, the weights and the tokenizer files, or a Hugging Face hub id."
