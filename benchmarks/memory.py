@@ -1,7 +1,10 @@
-"""Peak memory of `nlp.pipe` on a 1,000,000-character Doc against a 100,000-character Doc.
+"""Peak memory of `nlp.pipe` on a 1,000,000-character Doc against a 100,000-character Doc,
+and memory over a stream of Docs with fresh vocabulary.
 
     python benchmarks/memory.py --model DIR --conll FILE --out FILE.json \
         [--chars 100000 1000000] [--sentences file|none] [--mode exact+sdpa] [--device cpu]
+    python benchmarks/memory.py --model DIR --stream-docs 5000 --out FILE.json \
+        [--words-per-doc 20] [--cache-sizes 50000 1000000000]
 
 Each Doc size is measured in a fresh process: the pipeline is loaded and warmed up, the Doc
 is built (from the CoNLL words repeated, with the file's sentence boundaries or none, in
@@ -20,6 +23,13 @@ reset (`/proc/self/clear_refs`) and `nlp.pipe([doc])` runs. Reported per size:
 The verdict compares the growth of pipe_peak_extra between the two sizes with the growth of
 what the pipe writes to the Doc (its entities): scoring must not hold anything that grows
 with the Doc.
+
+With `--stream-docs N`, each word cache size of `--cache-sizes` gets a fresh process that
+streams N Docs of `--words-per-doc` new random words each (every word a type not seen before,
+the worst case for the word cache) through `nlp.pipe`, and reports the RSS (after
+`malloc_trim`) and the number of cached word types every N/10 Docs. The verdict compares the
+RSS growth over the second half of the stream: with a bounded cache it must stay flat once
+the cache is full.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from common import MODE_SETTINGS, component, load_pipeline, read_conll, write_js
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint folder")
-    parser.add_argument("--conll", required=True, help="CoNLL-2003 file whose words are used")
+    parser.add_argument("--conll", help="CoNLL-2003 file whose words are used (Doc sizes)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--chars", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--sentences", choices=["file", "none"], default="file")
@@ -55,8 +65,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch-items", type=int, default=None)
     parser.add_argument("--tracemalloc", action="store_true", help="also trace Python heap")
+    parser.add_argument(
+        "--stream-docs", type=int, default=0, help="measure a stream of N fresh-vocabulary Docs"
+    )
+    parser.add_argument("--words-per-doc", type=int, default=20)
+    parser.add_argument(
+        "--cache-sizes",
+        type=int,
+        nargs="*",
+        default=[50_000, 10**9],
+        help="word cache sizes to compare (10**9: in effect unbounded, as before the bound)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.stream_docs and not args.conll:
+        parser.error("--conll is required unless --stream-docs is given")
+    return args
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -192,17 +216,125 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
+def fresh_words(rng: Any, n: int) -> List[str]:
+    """n random words (4-10 letters, some capitalized), practically never seen before."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = []
+    for _ in range(n):
+        word = "".join(rng.choice(letters) for _ in range(rng.randint(4, 10)))
+        words.append(word.capitalize() if rng.random() < 0.3 else word)
+    return words
+
+
+def stream_child(args: argparse.Namespace) -> Dict[str, Any]:
+    """RSS over a stream of Docs whose words are all new, with one word cache size."""
+    import random
+
+    import torch
+    from spacy.tokens import Doc
+    from spacy.vocab import Vocab
+
+    torch.set_num_threads(args.threads)
+    nlp, _ = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
+    pipe = component(nlp)
+    rng = random.Random(0)
+
+    def docs(n: int):
+        for _ in range(n):
+            words = fresh_words(rng, args.words_per_doc) + ["."]
+            # A Vocab per Doc: the pipeline's StringStore would keep every new word too.
+            yield Doc(Vocab(), words=words)
+
+    list(nlp.pipe(docs(20)))
+    pipe._word_tokenizer.cache_size = args.cache_sizes[0]
+    every = max(1, args.stream_docs // 10)
+    pipe._word_tokenizer._cache.clear()
+    points = [{"docs": 0, "rss_mib": round(malloc_trim_rss() / 1024, 1), "cached_types": 0}]
+    start = time.perf_counter()
+    for i, _ in enumerate(nlp.pipe(docs(args.stream_docs), batch_size=64), 1):
+        if i % every == 0:
+            points.append(
+                {
+                    "docs": i,
+                    "rss_mib": round(malloc_trim_rss() / 1024, 1),
+                    "cached_types": len(pipe._word_tokenizer._cache),
+                    "cache_mib": round(cache_bytes(pipe._word_tokenizer._cache) / 2**20, 1),
+                }
+            )
+    half = points[len(points) // 2]
+    return {
+        "cache_size": args.cache_sizes[0],
+        "docs": args.stream_docs,
+        "new_word_types": args.stream_docs * args.words_per_doc,
+        "seconds": round(time.perf_counter() - start, 1),
+        "points": points,
+        "rss_growth_second_half_mib": round(points[-1]["rss_mib"] - half["rss_mib"], 1),
+        "rss_growth_total_mib": round(points[-1]["rss_mib"] - points[0]["rss_mib"], 1),
+        "peak_rss_mib": round(rss_kib("VmHWM") / 1024, 1),
+    }
+
+
+def cache_bytes(cache: Dict[str, Any]) -> int:
+    """Bytes of a word cache: the mapping, its keys and its id tuples (ints are shared)."""
+    return sys.getsizeof(cache) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in cache.items())
+
+
+def malloc_trim_rss() -> int:
+    """RSS in KiB after handing freed heap memory back (what is really held)."""
+    trimmed = malloc_trim()
+    return trimmed if trimmed is not None else rss_kib()
+
+
+def run_child(argv: List[str]) -> Dict[str, Any]:
+    """Run this script with --child and the given arguments; its RESULT line."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"child {argv} failed ({proc.returncode})")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def stream(args: argparse.Namespace) -> Dict[str, Any]:
+    """One fresh process per cache size; the RSS growth of each over the stream."""
+    runs = []
+    for size in args.cache_sizes:
+        argv = ["--model", args.model, "--stream-docs", str(args.stream_docs)]
+        argv += ["--words-per-doc", str(args.words_per_doc), "--cache-sizes", str(size)]
+        argv += ["--mode", args.mode, "--device", args.device, "--threads", str(args.threads)]
+        run = run_child(argv)
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    verdict = {
+        str(run["cache_size"]): {
+            "rss_growth_second_half_mib": run["rss_growth_second_half_mib"],
+            "cached_types_at_end": run["points"][-1]["cached_types"],
+            "cache_mib_at_end": run["points"][-1]["cache_mib"],
+        }
+        for run in runs
+    }
+    print(json.dumps(verdict), flush=True)
+    return {"settings": vars(args), "stream_runs": runs, "verdict": verdict}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args)), flush=True)
+        result = stream_child(args) if args.stream_docs else child(args)
+        print("RESULT " + json.dumps(result), flush=True)
         return {}
+    if args.stream_docs:
+        out = stream(args)
+        write_json(args.out, out)
+        return out
     runs: List[Dict[str, Any]] = []
     for n_chars in args.chars:
-        command = [
-            sys.executable,
-            __file__,
-            "--child",
+        argv = [
             "--model",
             args.model,
             "--conll",
@@ -219,17 +351,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             str(args.threads),
         ]
         if args.max_batch_items is not None:
-            command += ["--max-batch-items", str(args.max_batch_items)]
+            argv += ["--max-batch-items", str(args.max_batch_items)]
         if args.tracemalloc:
-            command.append("--tracemalloc")
-        proc = subprocess.run(
-            command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"child for {n_chars} chars failed ({proc.returncode})")
-        run = json.loads(lines[-1][len("RESULT ") :])
+            argv.append("--tracemalloc")
+        run = run_child(argv)
         runs.append(run)
         print(json.dumps(run), flush=True)
     out: Dict[str, Any] = {"settings": vars(args), "runs": runs}

@@ -271,7 +271,6 @@ def run_annotate(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> Tuple[Any, List[str]]:
     """The pipeline and its spans keys, or a CLIError that says what to fix."""
     from .loading import load_pipeline
-    from .model import CheckpointError
 
     overrides = {"context": args.context} if args.context is not None else {}
     try:
@@ -283,10 +282,7 @@ def _load(args: argparse.Namespace) -> Tuple[Any, List[str]]:
             overrides=overrides,
             sentencizer=args.sentencizer,
         )
-    except CheckpointError as err:
-        hint = "" if args.pipeline is not None else " On the command line: --model /path/to/folder."
-        raise CLIError(f"{err}{hint}") from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # CheckpointError included
         raise CLIError(str(err)) from err
 
 
@@ -538,8 +534,10 @@ def _positive_int(value: str) -> int:
 
 def run_random_model(args: argparse.Namespace) -> int:
     """The `random-model` subcommand: write the folder and print it."""
-    from .random_model import build_random_checkpoint
+    from .random_model import build_random_checkpoint, missing_requirement
 
+    if missing_requirement(args.kind) is not None:
+        raise CLIError(missing_requirement(args.kind))
     size = args.size or ("full" if args.config else "tiny")
     if size == "full" and not args.config:
         raise CLIError("--size full needs --config CONFIG_JSON (the real model's config.json)")

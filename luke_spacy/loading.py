@@ -14,7 +14,8 @@ from huggingface_hub.utils import logging as hf_logging
 from spacy import util
 from spacy.language import Language
 
-from .model import CheckpointError
+from .checkpoint import missing_local_folder
+from .model import CheckpointError, check_device
 
 FACTORY = "luke_ner"
 # Pipe metadata that means a component sets sentence boundaries.
@@ -136,23 +137,19 @@ def _gpu_device(gpu_id: int) -> Optional[str]:
     try:
         spacy.require_gpu(gpu_id)
         return None
-    except (ValueError, RuntimeError, ImportError) as err:
-        import torch
-
-        if torch.cuda.is_available() and gpu_id < torch.cuda.device_count():
-            return f"cuda:{gpu_id}"
-        raise ValueError(f"cannot use GPU {gpu_id}: {one_line(err)}") from err
+    except (ValueError, RuntimeError, ImportError):
+        device = f"cuda:{gpu_id}"
+        # Says what is missing for torch (a CUDA build, a visible GPU), not for CuPy.
+        check_device(device)
+        return device
 
 
 def _model_name(name: str) -> str:
     """The model name; a path-like one that is no folder fails before any loading."""
     name = os.path.expanduser(name)
-    path_like = os.path.isabs(name) or name.startswith(".") or name.count("/") > 1
-    if path_like and not os.path.isdir(name):
-        raise CheckpointError(
-            f"{name} is not a folder. Pass a local folder with config.json, the weights and "
-            "the tokenizer files (or a hub id)."
-        )
+    message = missing_local_folder(name)
+    if message is not None:
+        raise CheckpointError(message)
     return name
 
 

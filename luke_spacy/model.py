@@ -16,13 +16,26 @@ from spacy_transformers.util import make_tempdir
 from thinc.api import ArgsKwargs, Model
 from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpanClassification
 
-SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
+from .checkpoint import (
+    NO_ENTITY_LABELS,
+    SPAN_CLASSIFIER,
+    WEIGHTS_NAME,
+    CheckpointError,
+    check_folder,
+    check_weight_shapes,
+    labels_from_id2label,
+    missing_local_folder,
+    read_config,
+    read_json,
+    save_tokenizer_settings,
+    tokenizer_settings,
+    verify_tokenizer_settings,
+)
+
+__all__ = ["CheckpointError", "SPAN_CLASSIFIER", "WEIGHTS_NAME"]
+
 # Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
 NO_ENTITY = "NIL"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded or cannot do span classification."""
 
 
 class LukeSpanScorer(torch.nn.Module):
@@ -259,6 +272,11 @@ def load_checkpoint(
     RETURNS (HFObjects): The tokenizer and `LukeForEntitySpanClassification`.
     """
     is_local = os.path.isdir(name)
+    missing = missing_local_folder(name)
+    if missing is not None:
+        raise CheckpointError(missing)
+    if is_local:
+        read_config(Path(name))  # a missing config.json, named
     kwargs: Dict[str, Any] = {"local_files_only": local_files_only or is_local}
     if not is_local:
         kwargs["revision"] = revision
@@ -270,21 +288,39 @@ def load_checkpoint(
     has_head = SPAN_CLASSIFIER in (config.architectures or [])
     head_kwargs: Dict[str, Any] = {}
     if labels is not None:
-        current = [config.id2label[i] for i in range(len(config.id2label))] if has_head else []
-        if not (has_head and set(current[1:]) == set(labels)):
-            ordered = [current[0] if has_head else NO_ENTITY, *sorted(labels)]
+        current = (
+            labels_from_id2label(config.id2label, repr(name), no_entity_first=False)
+            if has_head
+            else []
+        )
+        no_entity = current[0] if current and current[0] in NO_ENTITY_LABELS else None
+        if not (no_entity and set(current[1:]) == set(labels)):
+            ordered = [no_entity or NO_ENTITY, *sorted(labels)]
             config.id2label = dict(enumerate(ordered))
             config.label2id = {label: i for i, label in enumerate(ordered)}
             head_kwargs["ignore_mismatched_sizes"] = True
         config.architectures = [SPAN_CLASSIFIER]
+    if is_local:
+        # transformers hides the cause of an incomplete folder: check its files first.
+        check_folder(Path(name))
+        check_weight_shapes(Path(name), config, head=labels is None)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as err:  # any cause: transformers reports many as a missing package
+        raise CheckpointError(_tokenizer_failure(name, is_local, err)) from err
+    ids = entity_ids(tokenizer, name)
+    if is_local:
+        verify_tokenizer_settings(Path(name), tokenizer_settings(tokenizer, ids))
+    try:
         hf_model = LukeForEntitySpanClassification.from_pretrained(
             name, config=config, **kwargs, **head_kwargs
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
-    entity_ids(tokenizer, name)
+    except RuntimeError as err:  # e.g. a size mismatch in weights that are not safetensors
+        raise CheckpointError(
+            f"The weights of '{name}' do not match its config.json ({_describe(err)})."
+        ) from err
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
 
@@ -305,8 +341,10 @@ def check_config(name: str, config: Any, *, require_head: bool = True) -> None:
             "'studio-ousia/luke-large-finetuned-conll-2003', or fine-tune this one with "
             "`spacy train` first."
         )
-    if require_head and len(config.id2label) < 2:
-        raise CheckpointError(f"'{name}' has fewer than two labels in config.id2label.")
+    if require_head:
+        labels = labels_from_id2label(config.id2label, f"the config.json of '{name}'")
+        if len(labels) < 2:
+            raise CheckpointError(f"'{name}' has fewer than two labels in config.id2label.")
 
 
 def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
@@ -314,8 +352,9 @@ def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
     vocab = getattr(tokenizer, "entity_vocab", None)
     if not vocab or "[MASK]" not in vocab:
         raise CheckpointError(
-            f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry; luke_ner "
-            "needs the checkpoint's LukeTokenizer or MLukeTokenizer (entity_vocab.json)."
+            f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry "
+            "(entity_vocab.json); luke_ner needs the checkpoint's LukeTokenizer or "
+            "MLukeTokenizer with its entity_vocab.json."
         )
     mask_id = getattr(tokenizer, "entity_mask_token_id", vocab["[MASK]"])
     return mask_id, getattr(tokenizer, "entity_pad_token_id", vocab.get("[PAD]", 0))
@@ -327,19 +366,92 @@ def save_checkpoint(objects: HFObjects, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     objects.transformer.save_pretrained(str(path), safe_serialization=True)
     objects.tokenizer.save_pretrained(str(path))
+    # The tokenizer settings are part of the pipeline: loading refuses files that disagree.
+    save_tokenizer_settings(
+        path, tokenizer_settings(objects.tokenizer, entity_ids(objects.tokenizer))
+    )
 
 
 def _load_failure(name: str, err: Exception) -> str:
+    """The message of a checkpoint that could not be found: the fix first, then the cause."""
+    if os.path.isdir(name):
+        return f"Could not load the checkpoint folder '{name}' ({_describe(err)})."
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    where = "The Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
-    where = where + "the local cache." if offline else "The hub or the local cache did not have it."
-    return (
-        f"Could not load the LUKE checkpoint '{name}'. {where} Point the model at a local "
-        "folder that holds config.json, the weights and the tokenizer files, e.g. "
-        "nlp.add_pipe('luke_ner', config={'model': {'name': '/path/to/checkpoint'}}) or "
-        '`[components.luke_ner.model] name = "/path/to/checkpoint"` in a config. '
-        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    cause = (
+        "the Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
+        "the local cache"
+        if offline
+        else "neither the hub nor the local cache had it"
     )
+    return (
+        f"Could not load the LUKE checkpoint '{name}'. Fix: point the model at a local folder "
+        "that holds config.json, the weights and the tokenizer files (command line: "
+        "--model /path/to/folder; Python: nlp.add_pipe('luke_ner', config={'model': "
+        "{'name': '/path/to/folder'}}); config: [components.luke_ner.model] name = "
+        '"/path/to/folder"), or for a smoke run with random weights write one with '
+        f"`luke-spacy random-model /path/to/folder`. Cause: {cause} "
+        f"({_describe(err)})."
+    )
+
+
+def _tokenizer_failure(name: str, is_local: bool, err: Exception) -> str:
+    """The message of a tokenizer that could not be loaded, naming the broken file."""
+    if is_local:
+        entity_vocab = Path(name) / "entity_vocab.json"
+        if entity_vocab.is_file() and "[MASK]" not in read_json(entity_vocab, "entities"):
+            return (
+                f"The entity vocabulary '{entity_vocab}' has no [MASK] entry; luke_ner needs "
+                "the checkpoint's own entity_vocab.json."
+            )
+        return (
+            f"Could not load the tokenizer of the checkpoint folder '{name}' "
+            f"({_describe(err)}); check its tokenizer files "
+            "(tokenizer_config.json, the vocabulary, entity_vocab.json)."
+        )
+    return _load_failure(name, err)
+
+
+def _describe(err: Exception) -> str:
+    """An exception's type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_device(device: Optional[str]) -> None:
+    """Raise a ValueError that says what is missing when a torch device cannot be used.
+
+    device (Optional[str]): A torch device name ("cpu", "cuda", "cuda:1", "mps"), or None
+        (follow spaCy's current device).
+    """
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or 'cuda:0'."
+        ) from err
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                why = (
+                    f"this torch ({torch.__version__}) is a CPU build; install a CUDA build of "
+                    "torch (https://pytorch.org/get-started/locally/)"
+                )
+            else:
+                why = (
+                    f"torch (CUDA {torch.version.cuda}) sees no GPU; check the NVIDIA driver "
+                    "and CUDA_VISIBLE_DEVICES"
+                )
+            raise ValueError(f"luke_ner: device {device!r} cannot be used: {why}.")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"luke_ner: device {device!r} cannot be used: torch sees {count} GPU(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"luke_ner: device {device!r} cannot be used: MPS is not available.")
 
 
 def labels_of(objects: HFObjects) -> List[str]:

@@ -19,6 +19,7 @@ from spacy_transformers.pipeline_component import install_extensions
 from thinc.api import Config, Model
 
 from .annotation import scored_span_group, trf_data, word_spans
+from .checkpoint import check_saved_labels, peek_labels
 from .decoding import decode_sentence
 from .encoding import Pass, batch_by_budget, plan_doc
 from .runtime import LukeRuntime
@@ -132,7 +133,10 @@ class LukeEntityRecognizer(TrainablePipe):
         self.settings = settings
         self.runtime = LukeRuntime(model, settings)
         # The serialized view: the settings, and what initialization learned.
-        self.cfg: Dict[str, Any] = {**settings.to_dict(), "labels": []}
+        self.cfg: Dict[str, Any] = {
+            **settings.to_dict(),
+            "labels": peek_labels(model.attrs["name"], model.attrs["revision"]),
+        }
         # Instrumentation: called with the passes of each forward batch before it runs.
         self.on_batch: Optional[Callable[[Sequence[Pass]], None]] = None
         self._sentencizer = Sentencizer()
@@ -418,6 +422,7 @@ class LukeEntityRecognizer(TrainablePipe):
             "cfg": lambda p: self._restore_cfg(srsly.read_json(p)),
             "model": self.runtime.load_local,
         }
+        check_saved_labels(path)
         util.from_disk(path, deserialize, exclude)
         return self
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import torch
 from transformers import LukeConfig, LukeForEntitySpanClassification, LukeTokenizer
 
-from .model import SPAN_CLASSIFIER
+from .checkpoint import SENTENCEPIECE_MISSING, SPAN_CLASSIFIER, has_sentencepiece
 
 LUKE_LABELS = ("NIL", "MISC", "PER", "ORG", "LOC")
 MLUKE_LABELS = ("O", "LOC", "PER", "ORG", "MISC")
@@ -72,6 +72,9 @@ def build_random_checkpoint(
     """
     if kind not in ("luke", "mluke"):
         raise ValueError(f"kind must be 'luke' or 'mluke', got {kind!r}")
+    missing = missing_requirement(kind)
+    if missing is not None:
+        raise ImportError(missing)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     corpus = list(corpus) if corpus is not None else list(SAMPLE_TEXT)
@@ -105,6 +108,13 @@ def build_random_checkpoint(
         torch.nn.init.normal_(model.classifier.weight, std=classifier_std)
     model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def missing_requirement(kind: str) -> Optional[str]:
+    """What must be installed before a checkpoint of this kind can be built, or None."""
+    if kind == "mluke" and not has_sentencepiece():
+        return f"--kind mluke: {SENTENCEPIECE_MISSING}"
+    return None
 
 
 def _luke_tokenizer(

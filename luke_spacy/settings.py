@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Literal, Optional
 
 from .encoding import RecipeSettings
+from .model import check_device
 
 # Typed in the factory's signature, so spaCy's config validation names the allowed values.
 Context = Literal["document", "sentence"]
@@ -71,16 +72,7 @@ class NerSettings:
                 raise ValueError(
                     f"luke_ner: {key} must be one of {allowed}, got {getattr(self, key)!r}."
                 )
-        if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as err:
-                raise ValueError(
-                    f"luke_ner: device {self.device!r} is not a torch device; use null, 'cpu' "
-                    "or 'cuda:0'."
-                ) from err
+        check_device(self.device)
 
     @property
     def recipe(self) -> RecipeSettings:

@@ -12,8 +12,10 @@ tokenizer (Hugging Face `tokenizers`) built in memory from the same vocabulary:
 Words for which the two may legitimately differ go through the slow tokenizer: words holding
 an added-token string (`<s>`, `<mask>`, `<ent>`, ...), whitespace, control or format
 characters, private-use, surrogate or (for this Python's Unicode database) unassigned code
-points, and, for SentencePiece, the `▁` marker itself. A fast tokenizer that cannot be built,
-or that disagrees with the slow one on a probe list when built, is not used at all.
+points, and, for SentencePiece, the `▁` marker itself and words that NFKC normalization changes
+(`tokenizers`' precompiled normalizer drops a combining mark after a compatibility character,
+e.g. "\u24e2\u0308", which SentencePiece keeps). A fast tokenizer that cannot be built, or
+that disagrees with the slow one on a probe list when built, is not used at all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import unicodedata
+from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from transformers import PreTrainedTokenizerBase
@@ -56,10 +60,13 @@ PROBE_WORDS = (
     "a" * 40,
     "Donaudampfschifffahrtsgesellschaftskapitän",
 )
+# Word types kept in a WordTokenizer's cache (~330 bytes each): a stream of new vocabulary
+# cannot grow memory beyond a few tens of MB, and all CoNLL-2003 word types fit.
+CACHE_SIZE = 50_000
 
 
 class WordTokenizer:
-    """Tokenize words one at a time, as the recipe does, with a cache per word type.
+    """Tokenize words one at a time, as the recipe does, with a bounded cache of word types.
 
     Each word goes through the checkpoint tokenizer on its own, so its prefix-space behaviour
     (`add_prefix_space` for LUKE's byte-level BPE, the `▁` marker for mLUKE's SentencePiece)
@@ -69,16 +76,27 @@ class WordTokenizer:
 
     tokenizer (PreTrainedTokenizerBase): The checkpoint tokenizer.
     use_fast (bool): Use a fast tokenizer for uncached words when one can be built.
+    cache_size (int): Most word types kept; the least recently used ones are dropped first.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, use_fast: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        use_fast: bool = True,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
         self.tokenizer = tokenizer
         self.use_fast = use_fast
-        self._cache: Dict[str, Tuple[int, ...]] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Tuple[int, ...]] = OrderedDict()
         self._fast: Any = None
         self._fast_built = False
         self._special: Optional[re.Pattern] = None
         self._extra_special: Tuple[str, ...] = ()
+        # Whether words that NFKC changes go to the slow tokenizer (SentencePiece).
+        self._nfkc_slow = False
 
     def __getstate__(self) -> Dict[str, Any]:
         # The fast tokenizer is rebuilt on demand rather than pickled.
@@ -102,10 +120,22 @@ class WordTokenizer:
         RETURNS (List[Tuple[int, ...]]): One tuple of ids per word.
         """
         cache = self._cache
-        new = [word for word in dict.fromkeys(words) if word not in cache]
+        known: Dict[str, Tuple[int, ...]] = {}
+        new: List[str] = []
+        for word in dict.fromkeys(words):
+            ids = cache.get(word)
+            if ids is None:
+                new.append(word)
+            else:
+                cache.move_to_end(word)
+                known[word] = ids
         if new:
-            cache.update(zip(new, self.encode_batch(new)))
-        return [cache[word] for word in words]
+            encoded = dict(zip(new, self.encode_batch(new)))
+            known.update(encoded)
+            cache.update(encoded)
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        return [known[word] for word in words]
 
     def encode(self, word: str) -> Tuple[int, ...]:
         """Subword ids of one word with the checkpoint (slow) tokenizer, uncached.
@@ -148,6 +178,8 @@ class WordTokenizer:
             self._special = _special_pattern(self.tokenizer, self._extra_special)
         if self._special.search(word):
             return True
+        if self._nfkc_slow and not unicodedata.is_normalized("NFKC", word):
+            return True
         # Not printable: Unicode "Other" (control, format, surrogate, private-use, unassigned)
         # or "Separator" characters, the ASCII space excepted, which is checked on its own.
         return not word.isprintable() or " " in word
@@ -159,6 +191,7 @@ class WordTokenizer:
                 fast = build_fast_bpe(tok)
             elif _is_mluke(tok):
                 fast, self._extra_special = build_fast_sentencepiece(tok)
+                self._nfkc_slow = True
             else:
                 return None
         except Exception as err:  # any failure means: use the slow tokenizer

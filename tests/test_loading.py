@@ -53,7 +53,7 @@ def test_blank_pipeline_and_errors(tiny_luke, tmp_path):
     assert nlp.pipe_names == ["luke_ner"]
     with pytest.raises(ValueError, match="not both"):
         load_pipeline(model=str(tiny_luke), pipeline=str(tmp_path))
-    with pytest.raises(CheckpointError, match="is not a folder"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_pipeline(model=str(tmp_path / "missing"))
     with pytest.raises(OSError, match="cannot load the pipeline"):
         load_pipeline(pipeline=str(tmp_path / "missing"))

@@ -6,8 +6,12 @@ import json
 import pickle
 import random
 import shutil
+import sys
+import unicodedata
+from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import pytest
 from conftest import shared_path
@@ -324,3 +328,92 @@ def test_pickle_drops_fast_tokenizer(luke_tokenizer):
     assert clone._fast is None
     assert clone(["EU", "rejects"]) == wt(["EU", "rejects"])
     assert clone.fast is not None
+
+
+@lru_cache(maxsize=1)
+def chars_by_category() -> Dict[str, List[str]]:
+    """Every code point of this Python's Unicode database, by general category (no surrogates:
+    a str with one cannot be encoded, and spaCy never makes such a token from UTF-8 text)."""
+    table = defaultdict(list)
+    for point in range(sys.maxunicode + 1):
+        char = chr(point)
+        category = unicodedata.category(char)
+        if category != "Cs":
+            table[category].append(char)
+    return dict(table)
+
+
+def fuzz_words(seed: int, n: int) -> List[str]:
+    """Random words of 1-5 characters over all Unicode categories (printable ones weighted
+    up), a third of the characters followed by a combining mark."""
+    table = chars_by_category()
+    categories = sorted(table)
+    weights = [4 if c[0] in "LMNPS" else 1 for c in categories]
+    rng = random.Random(seed)
+    words = []
+    for _ in range(n):
+        chars = []
+        for category in rng.choices(categories, weights, k=rng.randint(1, 5)):
+            chars.append(rng.choice(table[category]))
+            if rng.random() < 0.3:
+                chars.append(rng.choice(table[rng.choice(("Mn", "Mc", "Me"))]))
+        words.append("".join(chars))
+    return list(dict.fromkeys(words))
+
+
+def fuzz_tokenizers(request) -> List[WordTokenizer]:
+    tokenizers = []
+    for fixture in ("tiny_luke_real_bpe", "tiny_mluke"):
+        path = request.getfixturevalue(fixture)
+        wt = WordTokenizer(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+        assert wt.fast is not None
+        tokenizers.append(wt)
+    return tokenizers
+
+
+def test_compatibility_char_with_combining_mark(mluke_tokenizer):
+    # fast: (268,), slow: (268, 208, 140) before such words went to the slow tokenizer
+    wt = WordTokenizer(mluke_tokenizer)
+    assert wt.fast is not None
+    assert_same(wt, ["\u24e2\u0308", "\ufe34\u05af", "\u2170\u06e0", "x\u24e2\u0308y"])
+
+
+def test_fuzz_fast_equals_slow(request):
+    words = fuzz_words(seed=0, n=3000)
+    for wt in fuzz_tokenizers(request):
+        assert_same(wt, words)
+        assert sum(not wt.needs_slow(w) for w in words) > len(words) // 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fuzz_fast_equals_slow_large(request, seed):
+    words = fuzz_words(seed=seed, n=30000)
+    for wt in fuzz_tokenizers(request):
+        assert_same(wt, words)
+
+
+def test_cache_is_bounded_and_results_identical(mluke_tokenizer):
+    wt = WordTokenizer(mluke_tokenizer, cache_size=50)
+    reference = WordTokenizer(mluke_tokenizer, use_fast=False)
+    rng = random.Random(0)
+    for _ in range(40):
+        # a stream of fresh words, with a few frequent ones that must stay cached
+        words = [f"w{rng.randrange(10**6)}x" for _i in range(30)] + ["the", "EU", "the"]
+        assert wt(words) == [reference.encode(w) for w in words]
+        assert len(wt._cache) <= 50
+        assert "the" in wt._cache and "EU" in wt._cache
+    # a call with more new types than the cache holds still returns every word
+    many = [f"n{i}" for i in range(120)]
+    assert wt(many) == [reference.encode(w) for w in many]
+    assert list(wt._cache) == many[-50:]
+    with pytest.raises(ValueError, match="cache_size"):
+        WordTokenizer(mluke_tokenizer, cache_size=0)
+
+
+def test_cache_drops_the_least_recently_used(luke_tokenizer):
+    wt = WordTokenizer(luke_tokenizer, cache_size=3)
+    wt(["a", "b", "c"])
+    wt(["a"])  # a is used again: b is now the least recently used
+    wt(["d"])
+    assert list(wt._cache) == ["c", "a", "d"]

@@ -1,0 +1,299 @@
+"""Damaged or unusual checkpoints: a named CheckpointError, never silently wrong entities."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+import torch
+
+from luke_spacy import CheckpointError, cli
+from luke_spacy.checkpoint import SETTINGS_NAME, peek_labels
+from luke_spacy.model import check_device
+from luke_spacy.random_model import build_random_checkpoint
+
+TEXT = "Peter Blackburn met Mary in Paris . EU rejects German call to boycott British lamb ."
+
+
+def make_nlp(name, **cfg):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": str(name)}, **cfg})
+    return nlp
+
+
+def ents(nlp):
+    return [(e.start, e.end, e.label_) for e in nlp(TEXT).ents]
+
+
+@pytest.fixture(scope="session")
+def saved_pipeline(tiny_luke, tmp_path_factory):
+    """A tiny pipeline saved once per session, with its entities on TEXT."""
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    path = tmp_path_factory.mktemp("saved") / "pipeline"
+    nlp.to_disk(path)
+    return path, ents(nlp)
+
+
+@pytest.fixture()
+def pipeline_copy(saved_pipeline, tmp_path):
+    """A private copy of the saved pipeline that a test may damage."""
+    return shutil.copytree(saved_pipeline[0], tmp_path / "pipeline")
+
+
+def edit_json(file: Path, edit) -> None:
+    data = json.loads(file.read_text())
+    edit(data)
+    file.write_text(json.dumps(data))
+
+
+def set_labels(*labels):
+    def edit(config):
+        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
+
+    return edit
+
+
+def truncate(file: Path, size: int) -> None:
+    file.write_bytes(file.read_bytes()[:size])
+
+
+# damage kind: (what to do to luke_ner/model, the file the error must name, more it must say)
+DAMAGES = {
+    "weights truncated": (lambda m: truncate(m / "model.safetensors", 3000), "model.safetensors"),
+    "weights cut short": (
+        lambda m: truncate(m / "model.safetensors", (m / "model.safetensors").stat().st_size - 9),
+        "model.safetensors",
+    ),
+    "weights empty": (lambda m: truncate(m / "model.safetensors", 0), "model.safetensors"),
+    "weights garbage": (
+        lambda m: (m / "model.safetensors").write_bytes(b"\x00garbage" * 500),
+        "model.safetensors",
+    ),
+    "weights missing": (lambda m: (m / "model.safetensors").unlink(), "model.safetensors"),
+    "vocab.json missing": (lambda m: (m / "vocab.json").unlink(), "vocab.json"),
+    "merges.txt missing": (lambda m: (m / "merges.txt").unlink(), "merges.txt"),
+    "entity vocab missing": (lambda m: (m / "entity_vocab.json").unlink(), "entity_vocab.json"),
+    "entity vocab without [MASK]": (
+        lambda m: (m / "entity_vocab.json").write_text('{"[PAD]": 0, "[UNK]": 1}'),
+        "entity_vocab.json",
+    ),
+    "config.json missing": (lambda m: (m / "config.json").unlink(), "config.json"),
+    "config.json hidden size": (
+        lambda m: edit_json(m / "config.json", lambda c: c.update(hidden_size=64)),
+        "config.json",
+    ),
+    "config.json label count": (
+        lambda m: edit_json(m / "config.json", set_labels("NIL", "MISC", "PER", "ORG", "LOC", "X")),
+        "config.json",
+    ),
+    "id2label gap": (
+        lambda m: edit_json(
+            m / "config.json", lambda c: c.update(id2label={"0": "NIL", "1": "PER", "3": "LOC"})
+        ),
+        "config.json",
+    ),
+    "label 0 not the no-entity class": (
+        lambda m: edit_json(m / "config.json", set_labels("PER", "MISC", "NIL", "ORG", "LOC")),
+        "config.json",
+    ),
+    "labels renamed in config.json": (
+        lambda m: edit_json(m / "config.json", set_labels("NIL", "MISC", "PERSON", "ORG", "LOC")),
+        "config.json",
+    ),
+    "tokenizer_config.json missing": (
+        lambda m: (m / "tokenizer_config.json").unlink(),
+        "tokenizer_config.json",
+    ),
+    "tokenizer_config.json edited": (
+        lambda m: edit_json(
+            m / "tokenizer_config.json", lambda c: c.update(add_prefix_space=False)
+        ),
+        "tokenizer_config.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGES))
+def test_damaged_pipeline_names_the_file(pipeline_copy, kind):
+    damage, file = DAMAGES[kind]
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    damage(model_dir)
+    with pytest.raises(CheckpointError) as info:
+        spacy.load(pipeline_copy)
+    message = str(info.value)
+    assert file in message and str(model_dir) in message, message
+    assert "hub" not in message, "a local folder's damage is not a download problem"
+
+
+@pytest.mark.parametrize(
+    "kind", ["weights truncated", "config.json label count", "label 0 not the no-entity class"]
+)
+def test_damaged_checkpoint_folder_fails_at_add_pipe(pipeline_copy, kind):
+    damage, file = DAMAGES[kind]
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    damage(model_dir)
+    with pytest.raises(CheckpointError, match=file):
+        make_nlp(model_dir)("Paris")
+
+
+def test_label_count_against_the_weights(pipeline_copy):
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    DAMAGES["config.json label count"][0](model_dir)
+    with pytest.raises(CheckpointError, match=r"classifier\.weight.*\[6, 96\].*\[5, 96\]"):
+        make_nlp(model_dir)("Paris")
+
+
+def test_label_0_message_says_what_it_must_be(pipeline_copy):
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    DAMAGES["label 0 not the no-entity class"][0](model_dir)
+    with pytest.raises(CheckpointError, match="'PER'.*no-entity class.*'NIL'.*'O'"):
+        spacy.load(pipeline_copy)
+
+
+def test_renamed_labels_say_which_files_differ(pipeline_copy):
+    DAMAGES["labels renamed in config.json"][0](pipeline_copy / "luke_ner" / "model")
+    with pytest.raises(CheckpointError, match=r"PERSON.*differ.*luke_ner[/\\]cfg"):
+        spacy.load(pipeline_copy)
+    # the same when the cfg is the edited one
+    cfg = pipeline_copy / "luke_ner" / "cfg"
+    edit_json(cfg, lambda c: c.update(labels=["NIL", "MISC", "PERSON", "ORG", "LOC"]))
+    edit_json(
+        pipeline_copy / "luke_ner" / "model" / "config.json",
+        set_labels("NIL", "MISC", "PER", "ORG", "LOC"),
+    )
+    with pytest.raises(CheckpointError, match="differ"):
+        spacy.load(pipeline_copy)
+
+
+def test_saved_pipeline_keeps_its_tokenizer_settings(saved_pipeline, pipeline_copy):
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    settings = json.loads((model_dir / SETTINGS_NAME).read_text())["tokenizer"]
+    assert settings["class"] == "LukeTokenizer" and settings["add_prefix_space"] is True
+    assert ents(spacy.load(pipeline_copy)) == saved_pipeline[1]
+    # a pipeline saved before luke_spacy.json existed still loads, with the same entities
+    (model_dir / SETTINGS_NAME).unlink()
+    assert ents(spacy.load(pipeline_copy)) == saved_pipeline[1]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["weights garbage", "vocab.json missing", "config.json hidden size", "id2label gap"],
+)
+def test_cli_reports_a_damaged_pipeline_in_one_line(pipeline_copy, capsys, kind):
+    damage, file = DAMAGES[kind]
+    damage(pipeline_copy / "luke_ner" / "model")
+    code = cli.main(["annotate", "--pipeline", str(pipeline_copy), "--no-progress", "Paris"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert file in err and str(pipeline_copy) in err
+
+
+def test_missing_local_folder_fails_at_add_pipe(tmp_path):
+    for missing in (tmp_path / "no" / "such" / "folder", "./no-such-folder/x/y"):
+        with pytest.raises(CheckpointError, match="local folder .* does not exist"):
+            make_nlp(missing)
+
+
+def test_labels_are_known_after_add_pipe(tiny_luke, tiny_mluke):
+    nlp = make_nlp(tiny_luke)
+    assert nlp.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
+    assert nlp.pipe_labels["luke_ner"] == ["MISC", "PER", "ORG", "LOC"]
+    assert make_nlp(tiny_mluke).get_pipe("luke_ner").labels == ("LOC", "PER", "ORG", "MISC")
+
+
+def test_labels_from_the_hf_cache_without_network(tiny_luke, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    repo = tmp_path / "hub" / "models--someone--luke-ner"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_luke / "config.json", snapshot / "config.json")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert peek_labels("someone/luke-ner") == ["NIL", "MISC", "PER", "ORG", "LOC"]
+    assert peek_labels("someone/not-cached") == []
+    # a hub id not in the cache is only looked up when the checkpoint is loaded
+    assert make_nlp("someone/not-cached").get_pipe("luke_ner").labels == ()
+
+
+def test_spacy_load_does_not_read_the_named_checkpoint(tiny_luke, tmp_path, monkeypatch):
+    private = shutil.copytree(tiny_luke, tmp_path / "ckpt")
+    nlp = make_nlp(private)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    shutil.rmtree(private)
+    calls = []
+    monkeypatch.setattr("luke_spacy.checkpoint._cached_config", lambda *a: calls.append(a))
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC") and not calls
+
+
+def test_device_without_cuda_says_what_is_missing(tiny_luke, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match="CPU build.*install a CUDA build of torch"):
+        make_nlp(tiny_luke, device="cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    with pytest.raises(ValueError, match="sees no GPU"):
+        check_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    with pytest.raises(ValueError, match="1 GPU"):
+        check_device("cuda:1")
+    check_device("cpu")
+    check_device(None)
+    with pytest.raises(ValueError, match="not a torch device"):
+        check_device("gpu0")
+
+
+def test_load_failure_leads_with_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as info:
+        make_nlp("no-such-user/no-such-luke-checkpoint").initialize()
+    message = str(info.value)
+    assert message.index("--model /path/to/folder") < message.index("Cause:")
+    assert message.index("luke-spacy random-model") < message.index("Cause:")
+    assert "HF_HUB_OFFLINE" in message.split("Cause:")[1]
+
+
+def test_random_mluke_without_sentencepiece(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import fails
+    with pytest.raises(ImportError, match=r"luke-spacy\[mluke\]"):
+        build_random_checkpoint(tmp_path / "m", kind="mluke")
+    code = cli.main(["random-model", str(tmp_path / "m"), "--kind", "mluke"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "pip install 'luke-spacy[mluke]'" in err
+
+
+def test_mluke_checkpoint_without_sentencepiece(tiny_mluke, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(CheckpointError, match=r"mLUKE.*luke-spacy\[mluke\]"):
+        make_nlp(tiny_mluke)
+
+
+def test_training_heads_start_with_the_no_entity_class(tiny_mluke, pipeline_copy):
+    from luke_spacy.model import load_checkpoint
+
+    # mLUKE's no-entity class keeps its name in a new head
+    hf = load_checkpoint(str(tiny_mluke), labels=["ANIMAL"]).transformer
+    assert hf.config.id2label == {0: "O", 1: "ANIMAL"}
+    # a checkpoint whose label 0 is an entity type: the new head's label 0 is NIL, not PER
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    DAMAGES["label 0 not the no-entity class"][0](model_dir)
+    hf = load_checkpoint(str(model_dir), labels=["LOC", "MISC", "ORG", "PER"]).transformer
+    assert list(hf.config.id2label.values()) == ["NIL", "LOC", "MISC", "ORG", "PER"]
