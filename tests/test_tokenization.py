@@ -156,6 +156,13 @@ def mluke_tokenizer(tiny_mluke: Path):
     return tok
 
 
+def require_fast(wt: WordTokenizer) -> None:
+    """Skip where this transformers version cannot build the fast tokenizer (older ones cannot
+    convert MLukeTokenizer); the component then uses the slow path, which is exact."""
+    if wt.fast is None:
+        pytest.skip("no fast tokenizer for this tokenizer in this transformers version")
+
+
 def assert_same(wt: WordTokenizer, words: List[str]) -> None:
     """Batch (fast) encoding equals the slow tokenizer word by word; report all mismatches."""
     fast = wt.encode_batch(words)
@@ -202,7 +209,7 @@ def test_edge_words_luke(luke_tokenizer):
 
 def test_edge_words_mluke(mluke_tokenizer):
     wt = WordTokenizer(mluke_tokenizer)
-    assert wt.fast is not None
+    require_fast(wt)
     assert_same(wt, EDGE_WORDS)
     assert_raw_fast_same(wt, EDGE_WORDS)
 
@@ -215,7 +222,7 @@ def test_mluke_word_sample(mluke_tokenizer):
         conll = []
     words += random.Random(0).sample(conll, min(3000, len(conll)))
     wt = WordTokenizer(mluke_tokenizer)
-    assert wt.fast is not None
+    require_fast(wt)
     assert_same(wt, words)
 
 
@@ -374,7 +381,7 @@ def fuzz_tokenizers(request) -> List[WordTokenizer]:
 def test_compatibility_char_with_combining_mark(mluke_tokenizer):
     # fast: (268,), slow: (268, 208, 140) before such words went to the slow tokenizer
     wt = WordTokenizer(mluke_tokenizer)
-    assert wt.fast is not None
+    require_fast(wt)
     assert_same(wt, ["\u24e2\u0308", "\ufe34\u05af", "\u2170\u06e0", "x\u24e2\u0308y"])
 
 
