@@ -1,0 +1,480 @@
+"""Annotate corpora with Ray Data: one luke_ner pipeline per actor, many actors, many machines.
+
+    import ray
+    from luke_spacy.distributed import annotate
+
+    ds = annotate(ray.data.read_parquet("s3://corpus/"), pipeline="my_pipeline", actors=(1, 8))
+    ds.write_parquet("s3://corpus-ents/")
+
+Ray does the scheduling: `Dataset.map_batches` with a callable class (`LukeAnnotator`) on an
+actor pool (`ActorPoolStrategy`), `num_gpus`/`num_cpus` per actor, Ray's readers and writers,
+and Ray Data's actor restarts and task retries (`max_restarts=-1`, `max_task_retries=-1` are
+its defaults for actor pools). Each actor loads the pipeline once, by name or path, with the
+same `load_pipeline` as the local engine; no `nlp` object is ever pickled.
+
+Every input row gives exactly one output row (`OUTPUT_SCHEMA`): a bad record, or a text that
+makes the model raise, gives a row with `error` set instead of stopping the job. Output is
+at-least-once across restarts of a whole job (`skip_ids`): deduplicate on `id`, preferring rows
+whose `error` is null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+try:
+    from ray.data.datasource import FileBasedDatasource
+except ImportError:  # the `ray` extra is not installed: parse_records still works
+    FileBasedDatasource = object  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:
+    import ray.data
+
+# One row per input record. `entities` is null on error rows; `meta` holds the record's other
+# fields as a JSON object (null when there are none).
+ENTITY_TYPE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("score", pa.float64()),
+    ]
+)
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("entities", pa.list_(ENTITY_TYPE)),
+        ("meta", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+# The parsed input: what the actors receive.
+RECORD_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("meta", pa.string()), ("error", pa.string())]
+)
+# Columns added by the readers below: a stable id "path:line" (1-based line of a JSONL file,
+# 1-based row of a Parquet file), and the raw line of a JSONL file.
+SOURCE_COLUMN = "_source"
+LINE_COLUMN = "_line"
+# Key of the output schema's metadata: pipeline name and version, component settings.
+METADATA_KEY = b"luke_spacy"
+# CUDA out-of-memory halves max_batch_items down to this before giving up on a batch.
+MIN_BATCH_ITEMS = 128
+# Test-only hook: an actor exits (os._exit) on the batch that holds the id in CRASH_ID_ENV,
+# once: it first creates the marker file named by CRASH_MARKER_ENV.
+CRASH_ID_ENV = "LUKE_SPACY_TEST_CRASH_ID"
+CRASH_MARKER_ENV = "LUKE_SPACY_TEST_CRASH_MARKER"
+READ_ROWS = 4096
+
+
+def parse_records(
+    batch: pa.Table,
+    *,
+    text_field: str = "text",
+    id_field: Optional[str] = "id",
+    skip_ids: Optional[pa.Array] = None,
+) -> pa.Table:
+    """Turn input rows into `RECORD_SCHEMA` rows: id, text, meta (JSON), error.
+
+    Rows of `read_records` JSONL files carry the raw line: broken JSON, a line that is no
+    object, a missing or non-string text or a missing id become error rows. Other tables
+    (Parquet, any Ray dataset) carry the text and id as columns; the other columns become meta.
+    batch (pa.Table): The input rows.
+    text_field (str): Field or column of the text.
+    id_field (Optional[str]): Field or column of the id; None takes the `_source` column
+        ("path:line") that `read_records` adds.
+    skip_ids (Optional[pa.Array]): Ids to drop (already annotated, for resuming).
+    RETURNS (pa.Table): The records, in `RECORD_SCHEMA`.
+    """
+    names = batch.column_names
+    if id_field is None and SOURCE_COLUMN not in names:
+        raise ValueError("no id: set id_field, or read the input with read_records")
+    if LINE_COLUMN in names:
+        rows = _parse_lines(batch, text_field, id_field)
+    else:
+        if id_field is not None and id_field not in names and SOURCE_COLUMN not in names:
+            raise ValueError(f"the input has no id column {id_field!r} (columns: {names})")
+        rows = [_record(row, None, text_field, id_field) for row in batch.to_pylist()]
+    table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+    if skip_ids is not None and len(skip_ids):
+        table = table.filter(pc.invert(pc.is_in(table["id"], value_set=skip_ids)))
+    return table
+
+
+def _parse_lines(batch: pa.Table, text_field: str, id_field: Optional[str]) -> List[Dict]:
+    rows = []
+    sources = batch[SOURCE_COLUMN].to_pylist()
+    for source, line in zip(sources, batch[LINE_COLUMN].to_pylist()):
+        if line is None:
+            rows.append(_error_row(source, None, "the line is not valid UTF-8"))
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            rows.append(_error_row(source, None, f"invalid JSON ({err})"))
+            continue
+        if not isinstance(value, dict):
+            kind = type(value).__name__
+            rows.append(_error_row(source, None, f"expected a JSON object, got {kind}"))
+            continue
+        rows.append(_record(value, source, text_field, id_field))
+    return rows
+
+
+def _record(
+    fields: Dict[str, Any], source: Optional[str], text_field: str, id_field: Optional[str]
+) -> Dict[str, Any]:
+    """One record from its fields; the fields other than text, id and source become meta."""
+    fields = dict(fields)
+    source = fields.pop(SOURCE_COLUMN, source)
+    if id_field is None:
+        id_ = source
+    else:
+        value = fields.pop(id_field, None)
+        if value is None:
+            return _error_row(source, None, f"no {id_field!r} field (the id)")
+        id_ = value if isinstance(value, str) else json.dumps(value)
+    text = fields.pop(text_field, None)
+    if not isinstance(text, str):
+        what = "no" if text is None else f"a {type(text).__name__} in the"
+        return _error_row(id_, None, f"{what} {text_field!r} field, not a string")
+    meta = json.dumps(fields, ensure_ascii=False, default=str) if fields else None
+    return {"id": id_, "text": text, "meta": meta, "error": None}
+
+
+def _error_row(id_: Optional[str], text: Optional[str], error: str) -> Dict[str, Any]:
+    return {"id": id_, "text": text, "meta": None, "error": error}
+
+
+class LukeAnnotator:
+    """The callable class of `Dataset.map_batches`: a pyarrow batch in, `OUTPUT_SCHEMA` out.
+
+    The constructor loads the pipeline (in each actor, once) with `loading.load_pipeline`, on
+    the GPU that Ray assigned the actor, else on CPU with `threads` torch threads. A batch runs
+    through `nlp.pipe`; when that raises, each text runs alone and the ones that still raise
+    become error rows; CUDA out-of-memory first retries with half the `max_batch_items`.
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline: Optional[str] = None,
+        model: Optional[str] = None,
+        lang: str = "en",
+        overrides: Optional[Dict[str, Any]] = None,
+        sentencizer: Optional[bool] = None,
+        text_field: str = "text",
+        id_field: Optional[str] = "id",
+        batch_size: int = 64,
+        threads: Optional[int] = None,
+        gpu: Optional[int] = None,
+    ) -> None:
+        """Load the pipeline.
+
+        pipeline (Optional[str]): Saved pipeline folder or installed package name.
+        model (Optional[str]): Hub id or local checkpoint folder, for a blank pipeline.
+        lang (str): Language of the blank pipeline.
+        overrides (Optional[Dict[str, Any]]): luke_ner settings (context, dtype,
+            max_batch_items).
+        sentencizer (Optional[bool]): As in `load_pipeline`.
+        text_field (str): For raw input tables, see `parse_records`.
+        id_field (Optional[str]): For raw input tables, see `parse_records`.
+        batch_size (int): `nlp.pipe` batch size.
+        threads (Optional[int]): Torch threads on CPU (the actor's CPUs); None leaves torch's.
+        gpu (Optional[int]): GPU id; None takes the one Ray assigned (CPU when none).
+        """
+        from .loading import load_pipeline
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        if gpu is None:
+            gpu = _assigned_gpu()
+        self.nlp, self.spans_keys = load_pipeline(
+            model=model,
+            pipeline=pipeline,
+            lang=lang,
+            gpu=gpu,
+            overrides=overrides,
+            sentencizer=sentencizer,
+        )
+        self.text_field = text_field
+        self.id_field = id_field
+        self.batch_size = batch_size
+        self.components = [proc for _, proc in self.nlp.pipeline if _is_luke(proc)]
+        self.schema = OUTPUT_SCHEMA.with_metadata(
+            {METADATA_KEY: json.dumps(pipeline_metadata(self.nlp, model=model))}
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.schema.names != RECORD_SCHEMA.names:
+            batch = parse_records(batch, text_field=self.text_field, id_field=self.id_field)
+        rows = batch.to_pylist()
+        _maybe_crash(row["id"] for row in rows)
+        todo = [i for i, row in enumerate(rows) if row["error"] is None]
+        out = [{**row, "entities": None} for row in rows]
+        for i, result in zip(todo, self.annotate_texts([rows[i]["text"] for i in todo])):
+            if isinstance(result, str):
+                out[i]["error"] = result
+            else:
+                out[i]["entities"] = result
+        return pa.Table.from_pylist(out, schema=self.schema)
+
+    def annotate_texts(self, texts: List[str]) -> List[Union[List[Dict[str, Any]], str]]:
+        """The entities of each text, or the error message of a text that failed."""
+        from .loading import one_line
+        from .records import doc_to_record
+
+        budgets = [proc.cfg["max_batch_items"] for proc in self.components]
+        try:
+            while True:
+                try:
+                    docs = self.nlp.pipe(texts, batch_size=self.batch_size)
+                    return [doc_to_record(doc, self.spans_keys)["entities"] for doc in docs]
+                except Exception as err:  # any model error: isolate the texts that cause it
+                    if not (_is_cuda_oom(err) and self._shrink_budget()):
+                        if len(texts) == 1:
+                            return [f"{type(err).__name__}: {one_line(err)}"]
+                        break
+        finally:
+            for proc, budget in zip(self.components, budgets):
+                proc.cfg["max_batch_items"] = budget
+        return [self.annotate_texts([text])[0] for text in texts]
+
+    def _shrink_budget(self) -> bool:
+        """Halve max_batch_items after CUDA out-of-memory; False when at the minimum."""
+        import torch
+
+        if not self.components or self.components[0].cfg["max_batch_items"] <= MIN_BATCH_ITEMS:
+            return False
+        for proc in self.components:
+            proc.cfg["max_batch_items"] = max(MIN_BATCH_ITEMS, proc.cfg["max_batch_items"] // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+
+def annotate(
+    dataset: ray.data.Dataset,
+    *,
+    pipeline: Optional[str] = None,
+    model: Optional[str] = None,
+    lang: str = "en",
+    text_field: str = "text",
+    id_field: Optional[str] = "id",
+    actors: Tuple[int, int] = (1, 1),
+    gpus_per_actor: float = 0,
+    cpus_per_actor: float = 1,
+    batch_size: int = 64,
+    context: Optional[str] = None,
+    dtype: Optional[str] = None,
+    max_batch_items: Optional[int] = None,
+    sentencizer: Optional[bool] = None,
+    skip_ids: Optional[Iterable[str]] = None,
+) -> ray.data.Dataset:
+    """Annotate a Ray dataset on a pool of actors; lazy, like any Ray dataset.
+
+    dataset (ray.data.Dataset): Rows with a text and an id column (other columns become meta),
+        or the output of `read_records`.
+    pipeline (Optional[str]): Saved pipeline folder or installed package, loaded by each actor.
+    model (Optional[str]): Hub id or local checkpoint folder, for a blank pipeline instead.
+    lang (str): Language of the blank pipeline.
+    text_field (str): Column or JSON field of the text.
+    id_field (Optional[str]): Column or JSON field of the id; None for the "path:line" of
+        `read_records`.
+    actors (Tuple[int, int]): Least and most actors of the autoscaling pool.
+    gpus_per_actor (float): GPUs Ray reserves for each actor.
+    cpus_per_actor (float): CPUs Ray reserves for each actor; also its torch threads on CPU.
+    batch_size (int): Rows per actor call (and per `nlp.pipe` batch).
+    context (Optional[str]): luke_ner's context setting; None keeps the pipeline's.
+    dtype (Optional[str]): luke_ner's dtype setting; None keeps the pipeline's.
+    max_batch_items (Optional[int]): luke_ner's budget; None keeps the pipeline's.
+    sentencizer (Optional[bool]): As in `load_pipeline`.
+    skip_ids (Optional[Iterable[str]]): Ids not to annotate again (see `done_ids`).
+    RETURNS (ray.data.Dataset): One `OUTPUT_SCHEMA` row per input row not skipped.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    low, high = actors
+    settings = {"context": context, "dtype": dtype, "max_batch_items": max_batch_items}
+    overrides = {key: value for key, value in settings.items() if value is not None}
+    skip = None
+    if skip_ids is not None:
+        ids = pa.array(sorted(set(skip_ids)), pa.string())
+        # A top-level ObjectRef argument: Ray hands each task the array, stored once.
+        skip = ray.put(ids) if len(ids) else None
+    records = dataset.map_batches(
+        parse_records,
+        batch_format="pyarrow",
+        fn_kwargs={"text_field": text_field, "id_field": id_field, "skip_ids": skip},
+    )
+    return records.map_batches(
+        LukeAnnotator,
+        fn_constructor_kwargs={
+            "pipeline": pipeline,
+            "model": model,
+            "lang": lang,
+            "overrides": overrides,
+            "sentencizer": sentencizer,
+            "text_field": text_field,
+            "id_field": id_field,
+            "batch_size": batch_size,
+            "threads": max(1, int(cpus_per_actor)) if not gpus_per_actor else None,
+        },
+        compute=ActorPoolStrategy(min_size=low, max_size=high),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+        udf_modifying_row_count=False,
+    )
+
+
+# Readers
+
+
+def read_records(paths: Union[str, List[str]], **read_args: Any) -> ray.data.Dataset:
+    """Read JSONL (*.jsonl, *.json) or Parquet (*.parquet) files with a stable id per row.
+
+    Every row gets `_source` = "path:n" (n the 1-based line or row); JSONL rows keep their raw
+    line so that `parse_records` turns broken lines into error rows. Paths are files, folders
+    or URIs that Ray's file readers accept; the format follows the first file's extension.
+    """
+    import ray.data
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    names = [path.lower() for path in paths]
+    if all(name.endswith(".parquet") for name in names):
+        datasource = ParquetRows(paths, file_extensions=["parquet"])
+    elif all(name.endswith((".jsonl", ".json")) for name in names):
+        datasource = JSONLines(paths, file_extensions=["jsonl", "json"])
+    else:
+        raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
+    return ray.data.read_datasource(datasource, **read_args)
+
+
+class JSONLines(FileBasedDatasource):
+    """JSONL files as tables of (`_source`, raw `_line`); blank lines are skipped, as locally."""
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        sources: List[str] = []
+        lines: List[Optional[str]] = []
+        for number, raw in enumerate(f.readall().split(b"\n"), 1):
+            raw = raw.rstrip(b"\r")
+            if not raw.strip():
+                continue
+            try:
+                line: Optional[str] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = None
+            sources.append(f"{path}:{number}")
+            lines.append(line)
+            if len(lines) == READ_ROWS:
+                yield pa.table({SOURCE_COLUMN: sources, LINE_COLUMN: lines})
+                sources, lines = [], []
+        if lines:
+            yield pa.table({SOURCE_COLUMN: sources, LINE_COLUMN: lines})
+
+
+class ParquetRows(FileBasedDatasource):
+    """Parquet files with a `_source` column ("path:row")."""
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        import pyarrow.parquet as pq
+
+        start = 1
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+            sources = pa.array([f"{path}:{start + i}" for i in range(batch.num_rows)])
+            yield pa.Table.from_batches([batch]).append_column(SOURCE_COLUMN, sources)
+            start += batch.num_rows
+
+
+# Helpers
+
+
+def done_ids(path: str) -> List[str]:
+    """The ids of rows without error already written under `path` (Parquet or JSON lines)."""
+    import pyarrow.dataset as pads
+
+    ids: List[str] = []
+    for fmt, ext in (("parquet", ".parquet"), ("json", ".json")):
+        files = [name for name in _list_files(path) if name.endswith(ext)]
+        if not files:
+            continue
+        table = pads.dataset(files, format=fmt).to_table(columns=["id", "error"])
+        ids.extend(table.filter(pc.is_null(table["error"]))["id"].to_pylist())
+    return ids
+
+
+def _list_files(path: str) -> List[str]:
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    prefix = path[: len(path) - len(root)] if "://" in path else ""
+    return [prefix + info.path for info in infos if info.type == pafs.FileType.File]
+
+
+def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any]:
+    """Name, version and luke_ner settings of a pipeline, for the output's metadata."""
+    from . import __version__
+
+    components = {
+        name: {key: proc.cfg.get(key) for key in ("context", "dtype", "max_batch_items")}
+        for name, proc in nlp.pipeline
+        if _is_luke(proc)
+    }
+    return {
+        "pipeline": f"{nlp.meta.get('lang', nlp.lang)}_{nlp.meta.get('name', 'pipeline')}",
+        "version": nlp.meta.get("version"),
+        "model": model,
+        "luke_spacy": __version__,
+        "components": components,
+    }
+
+
+def _is_luke(proc: Any) -> bool:
+    from .pipe import LukeEntityRecognizer
+
+    return isinstance(proc, LukeEntityRecognizer)
+
+
+def _assigned_gpu() -> int:
+    """GPU 0 when Ray gave this actor GPUs (it sets CUDA_VISIBLE_DEVICES to them), else -1."""
+    try:
+        import ray
+    except ImportError:
+        return -1
+    if not ray.is_initialized():
+        return -1
+    return 0 if ray.get_gpu_ids() else -1
+
+
+def _is_cuda_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "CUDA out of memory" in str(err)
+    )
+
+
+def _maybe_crash(ids: Iterable[str]) -> None:
+    """The test-only hook: exit the actor process on the batch with the id, once."""
+    target = os.environ.get(CRASH_ID_ENV)
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if not target or not marker or os.path.exists(marker) or target not in ids:
+        return
+    with open(marker, "w", encoding="utf-8") as file:
+        file.write(str(os.getpid()))
+    os._exit(1)
