@@ -20,6 +20,7 @@ whose `error` is null.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -67,10 +68,10 @@ LINE_COLUMN = "_line"
 METADATA_KEY = b"luke_spacy"
 # CUDA out-of-memory halves max_batch_items down to this before giving up on a batch.
 MIN_BATCH_ITEMS = 128
-# Test-only hook: an actor exits (os._exit) on the batch that holds the id in CRASH_ID_ENV,
-# once: it first creates the marker file named by CRASH_MARKER_ENV.
-CRASH_ID_ENV = "LUKE_SPACY_TEST_CRASH_ID"
-CRASH_MARKER_ENV = "LUKE_SPACY_TEST_CRASH_MARKER"
+# Test-only hook: "ID=exit,ID=raise" makes the actor whose batch holds ID exit its process
+# (os._exit) or raise, once: it first leaves a marker file in the folder CRASH_MARKERS_ENV.
+CRASH_ENV = "LUKE_SPACY_TEST_CRASH"
+CRASH_MARKERS_ENV = "LUKE_SPACY_TEST_CRASH_MARKERS"
 READ_ROWS = 4096
 
 
@@ -403,26 +404,40 @@ class ParquetRows(FileBasedDatasource):
 
 def done_ids(path: str) -> List[str]:
     """The ids of rows without error already written under `path` (Parquet or JSON lines)."""
+    table = read_output(list_files(path), ["id", "error"])
+    return table.filter(pc.is_null(table["error"]))["id"].to_pylist()
+
+
+def count_rows(files: List[str]) -> Tuple[int, int]:
+    """Rows and error rows of output files (Parquet or JSON lines)."""
+    errors = read_output(files, ["error"])["error"]
+    return len(errors), len(errors) - errors.null_count
+
+
+def read_output(files: List[str], columns: List[str]) -> pa.Table:
+    """Columns of the output files among `files` (*.parquet, *.json); others are ignored."""
     import pyarrow.dataset as pads
 
-    ids: List[str] = []
+    schema = pa.schema([OUTPUT_SCHEMA.field(column) for column in columns])
+    tables = []
     for fmt, ext in (("parquet", ".parquet"), ("json", ".json")):
-        files = [name for name in _list_files(path) if name.endswith(ext)]
-        if not files:
-            continue
-        table = pads.dataset(files, format=fmt).to_table(columns=["id", "error"])
-        ids.extend(table.filter(pc.is_null(table["error"]))["id"].to_pylist())
-    return ids
+        found = [name for name in files if name.endswith(ext)]
+        if found:
+            tables.append(pads.dataset(found, format=fmt).to_table(columns=columns))
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([table.cast(schema) for table in tables])
 
 
-def _list_files(path: str) -> List[str]:
+def list_files(path: str) -> List[str]:
+    """The files under a folder or URI, recursively; none when it does not exist."""
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    prefix = path[: len(path) - len(root)] if "://" in path else ""
+    prefix = path[: path.index("://") + 3] if "://" in path else ""
     return [prefix + info.path for info in infos if info.type == pafs.FileType.File]
 
 
@@ -470,11 +485,18 @@ def _is_cuda_oom(err: BaseException) -> bool:
 
 
 def _maybe_crash(ids: Iterable[str]) -> None:
-    """The test-only hook: exit the actor process on the batch with the id, once."""
-    target = os.environ.get(CRASH_ID_ENV)
-    marker = os.environ.get(CRASH_MARKER_ENV)
-    if not target or not marker or os.path.exists(marker) or target not in ids:
+    """The test-only hook (CRASH_ENV): exit or raise on the batch with an id, once."""
+    hooks = os.environ.get(CRASH_ENV)
+    markers = os.environ.get(CRASH_MARKERS_ENV)
+    if not hooks or not markers:
         return
-    with open(marker, "w", encoding="utf-8") as file:
-        file.write(str(os.getpid()))
-    os._exit(1)
+    actions = dict(hook.rsplit("=", 1) for hook in hooks.split(","))
+    for id_ in ids:
+        marker = os.path.join(markers, hashlib.sha1(id_.encode()).hexdigest())
+        if id_ not in actions or os.path.exists(marker):
+            continue
+        with open(marker, "w", encoding="utf-8") as file:
+            file.write(str(os.getpid()))
+        if actions[id_] == "exit":
+            os._exit(1)
+        raise RuntimeError(f"test hook: abort on {id_}")
