@@ -64,7 +64,6 @@ def run_ray(args: argparse.Namespace) -> int:
         import ray
 
         from . import distributed
-        from .loading import one_line
     except ImportError as err:
         raise CLIError(f"--engine ray needs Ray: pip install 'luke-spacy[ray]' ({err})") from err
     if args.texts:
@@ -114,7 +113,7 @@ def run_ray(args: argparse.Namespace) -> int:
                 annotated.write_json(args.output)
         except Exception as err:  # Ray logged the cause; the rows written so far stay
             raise CLIError(
-                f"the Ray job failed ({one_line(err)}); to write only the missing rows, "
+                f"the Ray job failed ({_cause(err)}); to write only the missing rows, "
                 f"rerun with --resume {args.output}",
                 code=1,
             ) from err
@@ -158,3 +157,9 @@ def _actors(value: str) -> Tuple[int, int]:
     if not 1 <= bounds[0] <= bounds[1]:
         raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {value}")
     return bounds
+
+
+def _cause(err: BaseException) -> str:
+    """The last line of a Ray error: the exception that the remote code raised."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

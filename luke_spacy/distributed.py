@@ -91,7 +91,8 @@ def parse_records(
     text_field (str): Field or column of the text.
     id_field (Optional[str]): Field or column of the id; None takes the `_source` column
         ("path:line") that `read_records` adds.
-    skip_ids (Optional[pa.Array]): Ids to drop (already annotated, for resuming).
+    skip_ids (Optional[pa.Array]): Ids to drop (already annotated, for resuming), or a Ray
+        ObjectRef of them.
     RETURNS (pa.Table): The records, in `RECORD_SCHEMA`.
     """
     names = batch.column_names
@@ -104,6 +105,11 @@ def parse_records(
             raise ValueError(f"the input has no id column {id_field!r} (columns: {names})")
         rows = [_record(row, None, text_field, id_field) for row in batch.to_pylist()]
     table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+    if skip_ids is not None and not isinstance(skip_ids, pa.Array):
+        import ray
+
+        # Ray resolves ObjectRef arguments of tasks, not fn_kwargs of a stage fused into actors.
+        skip_ids = ray.get(skip_ids)
     if skip_ids is not None and len(skip_ids):
         table = table.filter(pc.invert(pc.is_in(table["id"], value_set=skip_ids)))
     return table

@@ -65,8 +65,16 @@ def texts(n: int, offset: int = 0) -> List[str]:
     return [f"{SAMPLE_TEXT[i % len(SAMPLE_TEXT)]} ({i})" for i in range(offset, offset + n)]
 
 
-def span(entity: Dict[str, Any]) -> tuple:
-    return entity["text"], entity["label"], entity["start"], entity["end"]
+def assert_same_entities(entities: List[Dict[str, Any]], expected: List[Dict[str, Any]]) -> None:
+    """Same spans and labels; scores equal up to float32 rounding, which depends on what
+    else shares the padded forward batch (run with the same batches, they are identical)."""
+
+    def span(entity: Dict[str, Any]) -> tuple:
+        return entity["text"], entity["label"], entity["start"], entity["end"]
+
+    assert [span(entity) for entity in entities] == [span(entity) for entity in expected]
+    for entity, other in zip(entities, expected):
+        assert entity["score"] == pytest.approx(other["score"], abs=1e-5)
 
 
 def test_annotator_matches_local_engine(annotator, tiny_luke, tmp_path, capsys):
@@ -120,10 +128,7 @@ def test_bad_records_become_error_rows(annotator):
         "extra": {"a": 1}
     }
     alone = annotator(pa.table({"id": ["x"], "text": [SAMPLE_TEXT[0]]})).to_pylist()[0]
-    # Other batch neighbours change float32 padding sums: offsets equal, scores close.
-    assert [span(ent) for ent in rows[0]["entities"]] == [span(e) for e in alone["entities"]]
-    for ent, other in zip(rows[0]["entities"], alone["entities"]):
-        assert ent["score"] == pytest.approx(other["score"], abs=1e-5)
+    assert_same_entities(rows[0]["entities"], alone["entities"])
 
 
 def test_empty_batches_keep_the_schema(annotator):
@@ -298,7 +303,8 @@ def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys):
     # Every id exactly once, with the local engine's entities.
     rows = output_rows(tmp_path / "plain-out")
     assert sorted(row["id"] for row in rows) == sorted(expected)
-    assert {row["id"]: row["entities"] for row in rows} == expected
+    for row in rows:
+        assert_same_entities(row["entities"], expected[row["id"]])
     assert "rows in 300, rows out 300, error rows 0" in child.stderr
 
     # The actor exited on one batch: Ray restarted it and retried the batch.
