@@ -41,7 +41,9 @@ def add_arguments(annotate: argparse.ArgumentParser) -> None:
         "--actors", type=_actors, default=(1, 1), metavar="MIN:MAX", help="(default: 1:1)"
     )
     ray.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="N", help="(default: 0)")
-    ray.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="N", help="(default: 1)")
+    ray.add_argument(
+        "--cpus-per-actor", type=float, default=None, metavar="N", help="(default: Ray's, 1)"
+    )
     ray.add_argument(
         "--resume",
         default=None,
@@ -80,7 +82,7 @@ def run_ray(args: argparse.Namespace) -> int:
         # else a pool that takes every core starves them and the job never ends.
         cpus = None
         if args.ray_address is None:
-            cpus = max(os.cpu_count() or 1, int(high * args.cpus_per_actor) + 2)
+            cpus = max(os.cpu_count() or 1, int(high * (args.cpus_per_actor or 1)) + 2)
         ray.init(address=args.ray_address, num_cpus=cpus, include_dashboard=False)
     try:
         try:

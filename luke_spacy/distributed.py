@@ -279,7 +279,7 @@ def annotate(
     id_field: Optional[str] = "id",
     actors: Tuple[int, int] = (1, 1),
     gpus_per_actor: float = 0,
-    cpus_per_actor: float = 1,
+    cpus_per_actor: Optional[float] = None,
     batch_size: int = 64,
     context: Optional[str] = None,
     dtype: Optional[str] = None,
@@ -299,7 +299,8 @@ def annotate(
         `read_records`.
     actors (Tuple[int, int]): Least and most actors of the autoscaling pool.
     gpus_per_actor (float): GPUs Ray reserves for each actor.
-    cpus_per_actor (float): CPUs Ray reserves for each actor; also its torch threads on CPU.
+    cpus_per_actor (Optional[float]): CPUs Ray reserves for each actor, also its torch threads
+        on CPU; None is Ray's default, 1 (GPU actors too).
     batch_size (int): Rows per actor call (and per `nlp.pipe` batch).
     context (Optional[str]): luke_ner's context setting; None keeps the pipeline's.
     dtype (Optional[str]): luke_ner's dtype setting; None keeps the pipeline's.
@@ -335,7 +336,7 @@ def annotate(
             "text_field": text_field,
             "id_field": id_field,
             "batch_size": batch_size,
-            "threads": max(1, int(cpus_per_actor)) if not gpus_per_actor else None,
+            "threads": max(1, int(cpus_per_actor or 1)) if not gpus_per_actor else None,
         },
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=batch_size,
