@@ -90,7 +90,6 @@ def run_ray(args: argparse.Namespace) -> int:
             dataset = distributed.read_records(paths)
         except (OSError, ValueError) as err:
             raise CLIError(str(err)) from err
-        rows_in = dataset.count()
         settings = {"context": args.context} if args.context else {}
         annotated = distributed.annotate(
             dataset,
@@ -109,6 +108,7 @@ def run_ray(args: argparse.Namespace) -> int:
         )
         before = set(distributed.list_files(args.output))
         try:
+            rows_in = dataset.count()  # a separate pass of the readers: the summary's check
             if args.output_format == "parquet":
                 annotated.write_parquet(args.output)
             else:

@@ -400,7 +400,9 @@ class ParquetRows(FileBasedDatasource):
         import pyarrow.parquet as pq
 
         start = 1
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+        # Parquet needs a seekable file and Ray hands over a stream: read the file whole.
+        parquet = pq.ParquetFile(pa.BufferReader(f.readall()))
+        for batch in parquet.iter_batches(batch_size=READ_ROWS):
             sources = pa.array([f"{path}:{start + i}" for i in range(batch.num_rows)])
             yield pa.Table.from_batches([batch]).append_column(SOURCE_COLUMN, sources)
             start += batch.num_rows

@@ -146,6 +146,34 @@ def test_empty_batches_keep_the_schema(annotator):
     assert out.schema.equals(OUTPUT_SCHEMA) and out["entities"].to_pylist() == [[]]
 
 
+def open_stream(path: Path) -> Any:
+    """A file as Ray's readers open it: a stream that cannot seek."""
+    from pyarrow.fs import LocalFileSystem
+
+    return LocalFileSystem().open_input_stream(str(path))
+
+
+def test_readers_give_stable_ids(tmp_path):
+    import pyarrow.parquet as pq
+
+    from luke_spacy.distributed import JSONLines, ParquetRows
+
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "a"}\r\n\n  \n{"text": "b"}\n\xff\xfe\n')
+    with open_stream(path) as f:
+        (table,) = JSONLines([str(path)])._read_stream(f, str(path))
+    assert table[SOURCE_COLUMN].to_pylist() == [f"{path}:1", f"{path}:4", f"{path}:5"]
+    assert table[LINE_COLUMN].to_pylist() == ['{"text": "a"}', '{"text": "b"}', None]
+    parquet = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["x", "y"], "n": [1, 2]}), parquet)
+    with open_stream(parquet) as f:
+        (table,) = ParquetRows([str(parquet)])._read_stream(f, str(parquet))
+    assert table.column_names == ["text", "n", SOURCE_COLUMN]
+    assert table[SOURCE_COLUMN].to_pylist() == [f"{parquet}:1", f"{parquet}:2"]
+    rows = parse_records(table, id_field=None).to_pylist()
+    assert rows[1] == {"id": f"{parquet}:2", "text": "y", "meta": '{"n": 2}', "error": None}
+
+
 def test_skip_ids_and_id_column_checks():
     table = pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"]})
     kept = parse_records(table, skip_ids=pa.array(["b"]))
@@ -249,20 +277,26 @@ def run_jobs(jobs: List[Dict[str, Any]], markers: Path) -> None:
 
 
 def output_rows(folder: Path) -> List[Dict[str, Any]]:
-    files = [str(path) for path in sorted(folder.glob("*.parquet"))]
+    files = [str(path) for path in sorted(folder.glob("*"))]
     return read_output(files, ["id", "entities", "error"]).to_pylist()
 
 
 @pytest.mark.slow
 def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
     inputs: Dict[str, List[Path]] = {}
     for job in ("plain", "crash", "abort"):
         folder = tmp_path / job
         folder.mkdir()
-        inputs[job] = [
-            write_jsonl(folder / f"part{f}.jsonl", [{"text": t} for t in texts(PER_FILE, f * 100)])
-            for f in range(FILES)
-        ]
+        inputs[job] = []
+        for f in range(FILES):
+            records = [{"text": t} for t in texts(PER_FILE, f * 100)]
+            if job == "crash":  # Parquet in, JSON lines out
+                inputs[job].append(folder / f"part{f}.parquet")
+                pq.write_table(pa.Table.from_pylist(records), inputs[job][-1])
+            else:
+                inputs[job].append(write_jsonl(folder / f"part{f}.jsonl", records))
     local = local_records(capsys, tiny_luke, inputs["plain"])
     expected = {
         f"{path}:{line}": record["entities"]
@@ -280,7 +314,10 @@ def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys):
     abort_id = f"{inputs['abort'][2]}:90"
     jobs = [
         {"argv": argv("plain", "--actors", "1:2"), "crash": {}},
-        {"argv": argv("crash", "--actors", "2:2"), "crash": {crash_id: "exit"}},
+        {
+            "argv": argv("crash", "--actors", "2:2", "--output-format", "jsonl"),
+            "crash": {crash_id: "exit"},
+        },
         {"argv": argv("abort", "--actors", "1:1"), "crash": {abort_id: "raise"}},
         {"argv": argv("abort", "--resume", str(tmp_path / "abort-out")), "crash": {}},
     ]
@@ -309,6 +346,7 @@ def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys):
 
     # The actor exited on one batch: Ray restarted it and retried the batch.
     assert len(list(markers.iterdir())) == 2  # the exit and the abort hooks fired
+    assert all(name.endswith(".json") for name in results[1]["files"])
     rows = output_rows(tmp_path / "crash-out")
     ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids)) == FILES * PER_FILE and crash_id in ids
