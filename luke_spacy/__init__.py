@@ -1,15 +1,24 @@
 """LUKE span-based named entity recognition for spaCy (`nlp.add_pipe("luke_ner")`)."""
 
-from .corpus import copy_gold_sentences, create_gold_sentence_corpus
-from .model import CheckpointError, build_luke_span_classifier
-from .pipe import LukeEntityRecognizer, make_luke_ner
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CheckpointError",
-    "LukeEntityRecognizer",
-    "build_luke_span_classifier",
-    "copy_gold_sentences",
-    "create_gold_sentence_corpus",
-    "make_luke_ner",
-]
 __version__ = "0.1.0"
+# Public names and their modules, imported on first use: spaCy finds the component through the
+# package's entry points, and `luke-spacy` answers --help and Ctrl-C before torch is imported.
+_EXPORTS = {
+    "CheckpointError": "model",
+    "LukeEntityRecognizer": "pipe",
+    "build_luke_span_classifier": "model",
+    "copy_gold_sentences": "corpus",
+    "create_gold_sentence_corpus": "corpus",
+    "make_luke_ner": "pipe",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

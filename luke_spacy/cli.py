@@ -5,41 +5,58 @@
     cat news.txt | luke-spacy annotate --model /path/to/folder
     luke-spacy random-model /tmp/tiny-luke
 
-Exit codes: 0 done; 1 an input record was invalid (bad JSON, no text field) after processing
-had started; 2 nothing was processed: bad arguments, a missing input file, no GPU, or a model
-or pipeline that cannot be loaded (one message on stderr, no traceback).
+Every good record is written, in input order. A bad record (invalid JSON, not an object, no
+string text, a line that is not UTF-8, or a text that makes the pipeline raise) is reported on
+stderr as FILE:LINE and, by --on-error, skipped (default), written as an error record, or ends
+the run after everything before it is written. Lone surrogates (JSON escapes such as "\\ud800",
+undecodable bytes in arguments) are replaced with U+FFFD, with a warning.
+
+Exit codes: 0 every record annotated; 1 some records failed (the others were written); 2
+nothing could start (bad arguments, an unreadable input, no GPU, a model or pipeline that
+cannot be loaded) or the output cannot be written (e.g. a full disk); 130 interrupted (Ctrl-C);
+141 the reader of stdout went away (`| head`). One message per problem, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
+import re
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from huggingface_hub.utils import logging as hf_logging
-
+# Light imports only: torch, spaCy and transformers are imported inside the commands, so that
+# --help is quick and Ctrl-C during start-up exits cleanly.
 from . import __version__
-from .model import CheckpointError
-from .pipe import CONTEXTS, DEFAULT_CONFIG, LukeEntityRecognizer
 
 PROG = "luke-spacy"
-DEFAULT_MODEL = DEFAULT_CONFIG["luke_ner"]["model"]["name"]
 STDIN = "-"
-# Pipe metadata that means a component sets sentence boundaries.
-SENTENCE_ASSIGNS = ("token.is_sent_start", "doc.sents")
-
-Record = Tuple[str, Optional[Dict[str, Any]]]
+ON_ERROR = ("skip", "record", "stop")
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+JSON_TYPES = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
 
 
 class CLIError(Exception):
     """An error reported as one message on stderr, with an exit code."""
 
-    def __init__(self, message: str, code: int = 2) -> None:
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
 
@@ -56,25 +73,37 @@ class Source:
         return "<stdin>" if self.path is None else str(self.path)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One input record: its text and meta, or why it cannot be annotated."""
+
+    source: str
+    text: Optional[str] = None
+    meta: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    warning: Optional[str] = None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code.
 
     argv (Optional[List[str]]): Arguments without the program name; sys.argv[1:] when None.
-    RETURNS (int): 0 on success, 1 for an invalid input record, 2 when nothing could start.
+    RETURNS (int): 0 on success, 1 when some records failed, 2 when nothing could start or
+        the output cannot be written, 130 on Ctrl-C, 141 when stdout was closed.
     """
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version, usage errors
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help, --version, usage errors
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
         return args.func(args)
     except CLIError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return err.code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         "--model",
         default=None,
-        help=f"hub id or local checkpoint folder (default: {DEFAULT_MODEL})",
+        help="hub id or local checkpoint folder (default: the component's, LUKE-large CoNLL-2003)",
     )
     model.add_argument(
         "--pipeline", default=None, metavar="DIR", help="load a saved spaCy pipeline instead"
@@ -141,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     annotate.add_argument(
         "--context",
-        choices=CONTEXTS,
         default=None,
+        metavar="{document,sentence}",
         help="document context around each sentence, or none (default: the component's, document)",
     )
     annotate.add_argument(
@@ -151,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="add spaCy's rule-based sentencizer before luke_ner (default: yes; with --pipeline, "
         "only when no earlier component sets sentence boundaries)",
+    )
+    annotate.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="skip",
+        help="a bad record is reported on stderr and skipped, written as an error record "
+        '({"text", "error", "source", "meta"}), or stops the run after the records before it '
+        "(default: skip); the exit code is 1 in every case",
     )
     annotate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr for --input files"
@@ -212,134 +249,113 @@ def run_annotate(args: argparse.Namespace) -> int:
     # --- end ray engine ---
     sources, texts = _sources(args)
     for source in sources:
-        if source.path is not None and not source.path.is_file():
-            raise CLIError(f"cannot read --input {source.name}: no such file")
-    # A progress bar for files only, with a total when no input is stdin.
+        _check_readable(source)
+    # A progress bar for files only, with a total when every input is a regular file.
     files = [source.path for source in sources if source.path is not None]
     show_progress = bool(files) and not args.no_progress
     total = None
-    if show_progress and len(files) == len(sources):
+    if show_progress and len(files) == len(sources) and all(path.is_file() for path in files):
         total = sum(_count_lines(path) for path in files)
-    nlp, spans_keys = load_pipeline(args)
-    records = _read_texts(texts) if texts is not None else _read_sources(sources, args.text_field)
-    with ExitStack() as stack:
-        out = _open_output(args.output, stack)
-        progress = None
-        if show_progress:
-            from tqdm import tqdm
+    nlp, spans_keys = _load(args)
+    # luke_ner streams long Docs (passes are planned lazily and sentences decoded as they
+    # complete), so spaCy's guard against the memory of long Docs in other components would
+    # only turn long texts into errors.
+    nlp.max_length = sys.maxsize
+    items = _read_args(texts) if texts is not None else _read_sources(sources, args.text_field)
+    output = Output(args.output)
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
 
-            progress = stack.enter_context(
-                tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
-            )
-        try:
-            for doc, meta in nlp.pipe(records, as_tuples=True, batch_size=args.batch_size):
-                out.write(json.dumps(doc_to_record(doc, spans_keys, meta), ensure_ascii=False))
-                out.write("\n")
-                if progress is not None:
-                    progress.update(1)
-            out.flush()
-        except BrokenPipeError:
-            _silence_stdout()
-            return 1
-    return 0
-
-
-def load_pipeline(args: argparse.Namespace) -> Tuple[Any, List[str]]:
-    """Build or load the pipeline and load its checkpoints, so load errors come first.
-
-    RETURNS (Tuple[Language, List[str]]): The pipeline and the spans keys of its luke_ner
-        components.
-    """
-    import spacy
-
-    device = _gpu_device(args.gpu) if args.gpu >= 0 else None
-    # The hub client logs every retry of an unreachable network; the one error below says
-    # what failed and how to fix it.
-    hf_logging.set_verbosity_error()
+        progress = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
     try:
-        if args.pipeline is not None:
-            nlp = spacy.load(args.pipeline)
-        else:
-            nlp = spacy.blank(args.lang)
-            config: Dict[str, Any] = {"model": {"name": _model_name(args.model)}}
-            if args.context is not None:
-                config["context"] = args.context
-            if device is not None:
-                config["device"] = device
-            nlp.add_pipe("luke_ner", config=config)
-        names = [name for name, proc in nlp.pipeline if isinstance(proc, LukeEntityRecognizer)]
-        if not names:
-            raise CLIError(f"the pipeline {args.pipeline} has no luke_ner component")
-        for name in names:
-            component = nlp.get_pipe(name)
-            if args.pipeline is not None and args.context is not None:
-                component.cfg["context"] = args.context
-            if device is not None:
-                component.cfg["device"] = device
-            component.initialize(nlp=nlp)
+        return _annotate(nlp, spans_keys, items, output, args, progress)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        output.close()
+        if progress is not None:
+            progress.close()
+
+
+def _load(args: argparse.Namespace) -> Tuple[Any, List[str]]:
+    """The pipeline and its spans keys, or a CLIError that says what to fix."""
+    from .loading import load_pipeline
+    from .model import CheckpointError
+
+    overrides = {"context": args.context} if args.context is not None else {}
+    try:
+        return load_pipeline(
+            model=args.model,
+            pipeline=args.pipeline,
+            lang=args.lang,
+            gpu=args.gpu,
+            overrides=overrides,
+            sentencizer=args.sentencizer,
+        )
     except CheckpointError as err:
         hint = "" if args.pipeline is not None else " On the command line: --model /path/to/folder."
         raise CLIError(f"{err}{hint}") from err
     except (OSError, ValueError) as err:
-        what = f"pipeline {args.pipeline}" if args.pipeline is not None else "model"
-        raise CLIError(f"cannot load the {what}: {_one_line(err)}") from err
-    sentencizer = args.sentencizer
-    if sentencizer is None:
-        sentencizer = args.pipeline is None or not _sets_sentences(nlp, names[0])
-    if sentencizer and "sentencizer" not in nlp.pipe_names:
-        nlp.add_pipe("sentencizer", before=names[0])
-    spans_keys = [nlp.get_pipe(name).cfg["spans_key"] for name in names]
-    return nlp, [key for key in spans_keys if key is not None]
+        raise CLIError(str(err)) from err
 
 
-def _gpu_device(gpu_id: int) -> Optional[str]:
-    """Select the GPU: `spacy.require_gpu(gpu_id)`; without CuPy, the torch device to give
-    luke_ner (the component runs in torch, so CuPy is optional)."""
-    import spacy
+def _annotate(
+    nlp: Any,
+    spans_keys: List[str],
+    items: Iterable[Item],
+    output: Output,
+    args: argparse.Namespace,
+    progress: Any,
+) -> int:
+    """Annotate and write every item in order; report and handle bad ones per --on-error."""
+    from .loading import one_line
+    from .records import doc_to_record, error_record
 
-    try:
-        spacy.require_gpu(gpu_id)
-        return None
-    except (ValueError, RuntimeError, ImportError) as err:
-        import torch
+    n_items = n_failed = 0
+    for item, result in _pipe(nlp, items, args.batch_size):
+        n_items += 1
+        if item.warning is not None:
+            _say(f"warning: {item.source}: {item.warning}", progress)
+        error = item.error
+        if isinstance(result, Exception):
+            error = f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
+        if error is None:
+            output.write(doc_to_record(result, spans_keys, item.meta))
+        else:
+            n_failed += 1
+            _say(f"error: {item.source}: {error}", progress)
+            if args.on_error == "record":
+                output.write(error_record(error, item.source, text=item.text, meta=item.meta))
+            elif args.on_error == "stop":
+                output.flush()
+                _say("stopped at the first bad record (--on-error stop)", progress)
+                return EXIT_FAILED
+        if progress is not None:
+            progress.update(1)
+    output.flush()
+    if n_failed:
+        done = {"skip": "skipped", "record": "written as error records"}[args.on_error]
+        _say(f"{n_failed} of {n_items} records failed ({done})", progress)
+        return EXIT_FAILED
+    return 0
 
-        if torch.cuda.is_available() and gpu_id < torch.cuda.device_count():
-            return f"cuda:{gpu_id}"
-        raise CLIError(f"cannot use GPU {gpu_id}: {_one_line(err)}") from err
 
+def _pipe(nlp: Any, items: Iterable[Item], batch_size: int) -> Iterator[Tuple[Item, Any]]:
+    """Each item with its Doc, the exception the pipeline raised on it, or None for items
+    that were bad before the pipeline; in input order."""
+    from .records import run_isolated
 
-def doc_to_record(
-    doc: Any, spans_keys: Sequence[str], meta: Optional[Dict[str, Any]] = None
-) -> Dict[str, Any]:
-    """The output record of a Doc: text, `doc.ents` with character offsets and scores.
-
-    Scores come from `doc.spans[key].attrs["scores"]`; entities that luke_ner did not set
-    (kept from an earlier component) have score None.
-    """
-    scores: Dict[Tuple[int, int, str], float] = {}
-    for key in spans_keys:
-        group = doc.spans.get(key)
-        if group is None:
-            continue
-        values = group.attrs.get("scores")
-        if values is None:
-            continue
-        for span, score in zip(group, values):
-            scores[(span.start, span.end, span.label_)] = float(score)
-    entities = [
-        {
-            "text": ent.text,
-            "label": ent.label_,
-            "start": ent.start_char,
-            "end": ent.end_char,
-            "score": scores.get((ent.start, ent.end, ent.label_)),
-        }
-        for ent in doc.ents
-    ]
-    record: Dict[str, Any] = {"text": doc.text, "entities": entities}
-    if meta:
-        record["meta"] = meta
-    return record
+    items = iter(items)
+    while True:
+        chunk = list(islice(items, batch_size))
+        if not chunk:
+            return
+        texts = [item.text for item in chunk if item.error is None]
+        results = iter(run_isolated(nlp, texts))
+        for item in chunk:
+            yield item, (next(results) if item.error is None else None)
 
 
 def _sources(args: argparse.Namespace) -> Tuple[List[Source], Optional[List[str]]]:
@@ -362,44 +378,90 @@ def _sources(args: argparse.Namespace) -> Tuple[List[Source], Optional[List[str]
     return sources, None
 
 
-def _read_texts(texts: Sequence[str]) -> Iterator[Record]:
-    for text in texts:
-        yield text, None
+def _check_readable(source: Source) -> None:
+    """Fail before loading the model when an input file cannot be read."""
+    if source.path is None:
+        return
+    if source.path.is_dir():
+        raise CLIError(f"cannot read --input {source.name}: is a folder")
+    try:
+        source.path.open("rb").close()
+    except FileNotFoundError as err:
+        raise CLIError(f"cannot read --input {source.name}: no such file") from err
+    except OSError as err:
+        raise CLIError(f"cannot read --input {source.name}: {err.strerror or err}") from err
 
 
-def _read_sources(sources: Sequence[Source], text_field: str) -> Iterator[Record]:
-    """Stream (text, meta) from each source in order, one line at a time."""
+def _read_args(texts: Sequence[str]) -> Iterator[Item]:
+    for number, text in enumerate(texts, 1):
+        yield _text_item(f"argument {number}", text)
+
+
+def _read_sources(sources: Sequence[Source], text_field: str) -> Iterator[Item]:
+    """Stream the items of each source in order, one line at a time."""
     for source in sources:
         if source.path is None:
-            yield from _read_lines(source, sys.stdin, text_field)
-        else:
-            with source.path.open(encoding="utf-8") as lines:
+            # Bytes, so that a line that is not UTF-8 is one bad record.
+            yield from _read_lines(source, getattr(sys.stdin, "buffer", sys.stdin), text_field)
+            continue
+        try:
+            with source.path.open("rb") as lines:
                 yield from _read_lines(source, lines, text_field)
+        except OSError as err:
+            raise CLIError(f"cannot read --input {source.name}: {err.strerror or err}") from err
 
 
-def _read_lines(source: Source, lines: IO[str], text_field: str) -> Iterator[Record]:
+def _read_lines(
+    source: Source, lines: Iterable[Union[bytes, str]], text_field: str
+) -> Iterator[Item]:
     """Text: one text per non-empty line (line break removed, other whitespace kept).
     JSONL: one object per non-empty line; the other fields become the meta."""
-    for number, line in enumerate(lines, 1):
+    for number, raw in enumerate(lines, 1):
+        where = f"{source.name}:{number}"
+        if isinstance(raw, bytes):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield Item(where, error=f"not UTF-8 (byte {err.start + 1}: {err.reason})")
+                continue
+        else:
+            line = raw
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
-        if not source.jsonl:
-            yield line, None
-            continue
-        where = f"{source.name}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CLIError(f"{where}: invalid JSON ({err})", code=1) from err
-        if not isinstance(record, dict):
-            raise CLIError(f"{where}: expected a JSON object, got {type(record).__name__}", 1)
-        if text_field not in record:
-            raise CLIError(f"{where}: no {text_field!r} field (set --text-field)", code=1)
-        text = record.pop(text_field)
-        if not isinstance(text, str):
-            raise CLIError(f"{where}: {text_field!r} is {type(text).__name__}, not a string", 1)
-        yield text, record
+        yield _json_item(where, line, text_field) if source.jsonl else _text_item(where, line)
+
+
+def _json_item(where: str, line: str, text_field: str) -> Item:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as err:
+        return Item(where, error=f"invalid JSON ({err})")
+    if not isinstance(record, dict):
+        return Item(where, error=f"expected a JSON object, got {_json_type(record)}")
+    if text_field not in record:
+        return Item(where, meta=record, error=f"no {text_field!r} field (set --text-field)")
+    text = record.pop(text_field)
+    if not isinstance(text, str):
+        error = f"{text_field!r} is {_json_type(text)}, not a string"
+        return Item(where, meta=record, error=error)
+    return _text_item(where, text, record)
+
+
+def _text_item(where: str, text: str, meta: Optional[Dict[str, Any]] = None) -> Item:
+    """An item; lone surrogates, which no tokenizer or UTF-8 output takes, become U+FFFD
+    (one character for one, so offsets still index the text as given)."""
+    text, n_replaced = LONE_SURROGATE.subn("\ufffd", text)
+    if not n_replaced:
+        return Item(where, text, meta)
+    warning = f"{n_replaced} lone surrogate(s) (not Unicode text) replaced with U+FFFD"
+    return Item(where, text, meta, warning=warning)
+
+
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _count_lines(path: Path) -> int:
@@ -408,52 +470,71 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in lines if line.strip())
 
 
-def _open_output(name: str, stack: ExitStack) -> IO[str]:
-    if name == STDIN:
-        return sys.stdout
-    try:
-        return stack.enter_context(open(name, "w", encoding="utf-8"))
-    except OSError as err:
-        raise CLIError(f"cannot write --output {name}: {err.strerror or err}") from err
+class Output:
+    """The output JSONL stream, UTF-8 whatever the locale; write errors become CLIErrors
+    (except a closed pipe, which the caller handles)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = "stdout" if name == STDIN else name
+        self.file: Optional[IO[bytes]] = None
+        if name == STDIN:
+            self.stream: Union[IO[bytes], IO[str]] = getattr(sys.stdout, "buffer", sys.stdout)
+            self.binary = self.stream is not sys.stdout
+            return
+        try:
+            self.file = self.stream = open(name, "wb")
+            self.binary = True
+        except OSError as err:
+            raise CLIError(f"cannot write --output {name}: {err.strerror or err}") from err
+
+    def write(self, record: Dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        if LONE_SURROGATE.search(line):  # from the meta: \\u escapes keep them as they came
+            line = json.dumps(record)
+        line += "\n"
+        self._do(lambda: self.stream.write(line.encode("utf-8") if self.binary else line))
+
+    def flush(self) -> None:
+        self._do(self.stream.flush)
+
+    def _do(self, action) -> None:
+        try:
+            action()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            if self.file is None:
+                _silence_stdout()
+            raise CLIError(f"cannot write {self.name}: {err.strerror or err}") from err
+
+    def close(self) -> None:
+        """Flush what is left, quietly: write errors were already reported."""
+        try:
+            if self.file is not None:
+                self.file.close()
+            else:
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
-def _model_name(name: Optional[str]) -> str:
-    """The --model value; a path-like one that is no folder fails before any loading."""
-    if name is None:
-        return DEFAULT_MODEL
-    name = os.path.expanduser(name)
-    path_like = os.path.isabs(name) or name.startswith(".") or name.count("/") > 1
-    if path_like and not os.path.isdir(name):
-        raise CLIError(
-            f"--model {name} is not a folder. Pass --model /path/to/folder, a local folder "
-            "with config.json, the weights and the tokenizer files (or a hub id)."
-        )
-    return name
-
-
-def _sets_sentences(nlp: Any, before: str) -> bool:
-    """Whether a component before `before` sets sentence boundaries."""
-    for name in nlp.pipe_names:
-        if name == before:
-            return False
-        assigns = nlp.get_pipe_meta(name).assigns
-        if any(attr in assigns for attr in SENTENCE_ASSIGNS):
-            return True
-    return False
+def _say(message: str, progress: Any = None) -> None:
+    """One line on stderr, above the progress bar when there is one."""
+    line = f"{PROG}: {message}"
+    if progress is not None:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:
-    """After a closed pipe (`| head`), point stdout at devnull so exit does not fail."""
+    """After a closed pipe (`| head`) or a failed write, point stdout at devnull so that the
+    interpreter's final flush does not fail."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _positive_int(value: str) -> int:

@@ -11,10 +11,14 @@ record's other fields. A bad input record, or one that made the pipeline raise, 
     {"text": str or None, "error": str, "source": "FILE:LINE", "meta": {...}}
 
 with `text` None when the input had no readable text. A record is an error record exactly when
-it has an "error" key.
+it has an "error" key. `run_isolated` runs a batch so that one failing text does not fail the
+others.
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc
 
 ENTITY_FIELDS = ("text", "label", "start", "end", "score")
 
@@ -77,3 +81,28 @@ def error_record(
     if meta:
         record["meta"] = meta
     return record
+
+
+def run_isolated(nlp: Language, texts: Sequence[str]) -> List[Union[Doc, Exception]]:
+    """Run the pipeline on a batch of texts so that a text that makes it raise fails alone.
+
+    The batch goes through `nlp.pipe`; when that raises, each text runs alone and the texts
+    that still fail get their exception in their place. (spaCy's error handler would drop the
+    failing component's whole minibatch instead.)
+
+    nlp (Language): The pipeline.
+    texts (Sequence[str]): The texts of one batch.
+    RETURNS (List[Union[Doc, Exception]]): A Doc or an exception per text, in order.
+    """
+    if not texts:
+        return []
+    try:
+        return list(nlp.pipe(texts, batch_size=len(texts)))
+    except Exception:
+        results: List[Union[Doc, Exception]] = []
+        for text in texts:
+            try:
+                results.append(nlp(text))
+            except Exception as err:  # this text's error; the others go on
+                results.append(err)
+        return results

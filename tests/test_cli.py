@@ -6,9 +6,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -128,6 +131,7 @@ def test_annotate_stdin_jsonl_in_process(tiny_luke, capsys, monkeypatch):
     assert err == ""  # no progress bar for stdin
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~10 s
 def test_console_script_stdin(tiny_luke):
     result = subprocess.run(
         [*console_script(), "annotate", "--model", str(tiny_luke), "--batch-size", "2"],
@@ -157,6 +161,7 @@ def test_unloadable_model_in_process(model, capsys):
     assert model in err
 
 
+@pytest.mark.slow  # a subprocess that imports torch: ~10 s
 def test_unloadable_model_module_subprocess(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("Some text .\n", encoding="utf-8")
@@ -253,7 +258,7 @@ def test_gpu_selection(tiny_luke, capsys, monkeypatch):
     import spacy
     import torch
 
-    from luke_spacy.cli import build_parser, load_pipeline
+    from luke_spacy.loading import load_pipeline
 
     def no_cupy(gpu_id: int) -> bool:
         raise ValueError("Cannot use GPU, CuPy is not installed")
@@ -269,7 +274,235 @@ def test_gpu_selection(tiny_luke, capsys, monkeypatch):
     # Without CuPy but with a torch GPU, luke_ner runs in torch on that device.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    args = build_parser().parse_args(["annotate", "--model", str(tiny_luke), "--gpu", "1"])
-    nlp, spans_keys = load_pipeline(args)
-    assert nlp.get_pipe("luke_ner").cfg["device"] == "cuda:1"
+    nlp, spans_keys = load_pipeline(model=str(tiny_luke), gpu=1)
+    assert nlp.config["components"]["luke_ner"]["device"] == "cuda:1"
     assert nlp.pipe_names == ["sentencizer", "luke_ner"] and spans_keys == ["luke_ner"]
+
+
+# Bad records, exit codes and output failures (issue 9): every good record is written in order,
+# each problem is one line on stderr, and nothing prints a traceback.
+
+
+def jsonl_lines(path: Path, lines: Sequence[Any]) -> Path:
+    """Write lines (str, bytes, or a dict as JSON) to a file, one per line."""
+    encoded = []
+    for line in lines:
+        if isinstance(line, dict):
+            line = json.dumps(line)
+        encoded.append(line if isinstance(line, bytes) else line.encode("utf-8"))
+    path.write_bytes(b"\n".join(encoded) + b"\n")
+    return path
+
+
+def good(n: int) -> Dict[str, Any]:
+    return {"text": TEXTS[n % len(TEXTS)], "n": n}
+
+
+def problems(err: str) -> List[str]:
+    """The sources of the error lines on stderr."""
+    assert "Traceback" not in err
+    prefix = "luke-spacy: error: "
+    return [line[len(prefix) :].split(": ")[0] for line in err.splitlines() if prefix in line]
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path):
+    """Two JSONL files with bad records at the start, middle and end of --batch-size 4
+    batches; RETURNS (paths, the n of the good records, the sources of the bad ones)."""
+    first = jsonl_lines(
+        tmp_path / "a.jsonl",
+        [
+            "{not json",  # 1: start of the first batch
+            good(2),
+            good(3),
+            good(4),
+            good(5),
+            "[1, 2]",  # 6: middle of the second batch
+            good(7),
+            {"text": None, "n": 8},  # 8: end of the second batch
+            good(9),
+            b'{"text": "caf\xe9 au lait"}',  # 10: not UTF-8, last line
+        ],
+    )
+    second = jsonl_lines(tmp_path / "b.jsonl", [{"body": "x"}, good(12), '"a string"'])
+    bad = [f"{first}:1", f"{first}:6", f"{first}:8", f"{first}:10", f"{second}:1", f"{second}:3"]
+    return [str(first), str(second)], [2, 3, 4, 5, 7, 9, 12], bad
+
+
+def test_bad_records_are_skipped_and_reported(tiny_luke, bad_inputs, capsys):
+    paths, good_ns, bad = bad_inputs
+    argv = ["annotate", "--model", str(tiny_luke), "--batch-size", "4", "--no-progress"]
+    code, out, err = run_cli(capsys, [*argv, "-i", paths[0], "-i", paths[1]])
+    assert code == 1
+    records = parse(out)
+    assert [record["meta"]["n"] for record in records] == good_ns
+    check_records(records, [good(n)["text"] for n in good_ns])
+    assert problems(err) == bad
+    assert "invalid JSON" in err and "got an array" in err and "'text' is null" in err
+    assert "not UTF-8" in err and "no 'text' field" in err and "got a string" in err
+    assert err.splitlines()[-1] == "luke-spacy: 6 of 13 records failed (skipped)"
+    assert len(err.splitlines()) == len(bad) + 1
+
+
+def test_bad_records_as_error_records(tiny_luke, bad_inputs, capsys):
+    paths, good_ns, bad = bad_inputs
+    argv = ["annotate", "--model", str(tiny_luke), "--batch-size", "4", "--no-progress"]
+    code, out, err = run_cli(
+        capsys, [*argv, "--on-error", "record", "-i", paths[0], "-i", paths[1]]
+    )
+    assert code == 1 and problems(err) == bad
+    records = parse(out)
+    assert len(records) == 13
+    errors = [record for record in records if "error" in record]
+    assert [record["source"] for record in errors] == bad
+    assert [record["meta"]["n"] for record in records if "error" not in record] == good_ns
+    assert errors[2] == {
+        "text": None,
+        "error": "'text' is null, not a string",
+        "source": bad[2],
+        "meta": {"n": 8},
+    }
+    # Input order: the error records sit where their lines were.
+    assert [i for i, record in enumerate(records) if "error" in record] == [0, 5, 7, 9, 10, 12]
+
+
+def test_on_error_stop_writes_everything_before(tiny_luke, tmp_path, capsys):
+    path = jsonl_lines(tmp_path / "c.jsonl", [good(0), good(1), good(2), "{oops", good(4)])
+    argv = ["annotate", "--model", str(tiny_luke), "-i", str(path), "--no-progress"]
+    code, out, err = run_cli(capsys, [*argv, "--on-error", "stop", "--batch-size", "2"])
+    assert code == 1
+    assert [record["meta"]["n"] for record in parse(out)] == [0, 1, 2]
+    assert problems(err) == [f"{path}:4"] and len(err.splitlines()) == 2
+
+
+def test_pipeline_error_fails_one_record(tiny_luke, capsys, monkeypatch):
+    from luke_spacy.pipe import LukeEntityRecognizer
+
+    predict = LukeEntityRecognizer.predict
+
+    def fragile(self, docs):
+        docs = list(docs)
+        if any("BOOM" in doc.text for doc in docs):
+            raise RuntimeError("cannot handle BOOM")
+        return predict(self, docs)
+
+    monkeypatch.setattr(LukeEntityRecognizer, "predict", fragile)
+    texts = [TEXTS[0], TEXTS[1], "BOOM goes Paris .", TEXTS[2], TEXTS[3]]
+    argv = ["annotate", "--model", str(tiny_luke), "--batch-size", "4", *texts]
+    code, out, err = run_cli(capsys, argv)
+    assert code == 1
+    check_records(parse(out), [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[3]])
+    assert problems(err) == ["argument 3"]
+    assert "RuntimeError: cannot handle BOOM" in err
+
+
+def test_lone_surrogates_are_replaced(tiny_luke, tmp_path, capsys):
+    path = jsonl_lines(
+        tmp_path / "s.jsonl", ['{"text": "Peter \\ud800 lives in Paris .", "tag": "x\\udfff"}']
+    )
+    model = ["annotate", "--model", str(tiny_luke), "--no-progress"]
+    code, out, err = run_cli(capsys, [*model, "-i", str(path)])
+    assert code == 0
+    record = json.loads(out)
+    assert record["text"] == "Peter \ufffd lives in Paris ."
+    assert record["meta"] == {"tag": "x\udfff"}  # meta is written back as it came
+    assert out.isascii()  # ... as a \\u escape, so the output stays UTF-8
+    assert err == f"luke-spacy: warning: {path}:1: 1 lone surrogate(s) (not Unicode text) " + (
+        "replaced with U+FFFD\n"
+    )
+    # Undecodable bytes in argv reach Python as lone surrogates (surrogateescape).
+    code, out, err = run_cli(capsys, [*model, "Peter \udcff in Paris .", TEXTS[0]])
+    assert code == 0
+    check_records(parse(out), ["Peter \ufffd in Paris .", TEXTS[0]])
+    assert err.startswith("luke-spacy: warning: argument 1: ") and len(err.splitlines()) == 1
+
+
+def test_stdin_bytes_not_utf8(tiny_luke, capsys, monkeypatch):
+    data = f"{TEXTS[0]}\n".encode() + b"caf\xe9 \xff\n" + f"{TEXTS[1]}\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    code, out, err = run_cli(capsys, ["annotate", "--model", str(tiny_luke)])
+    assert code == 1
+    check_records(parse(out), TEXTS[:2])
+    assert problems(err) == ["<stdin>:2"] and "not UTF-8 (byte 4: invalid" in err
+
+
+def test_texts_longer_than_max_length(tiny_luke, capsys, monkeypatch):
+    import spacy
+
+    blank = spacy.blank
+
+    def small_blank(lang: str):
+        nlp = blank(lang)
+        nlp.max_length = 20
+        return nlp
+
+    monkeypatch.setattr(spacy, "blank", small_blank)
+    code, out, err = run_cli(capsys, ["annotate", "--model", str(tiny_luke), *TEXTS])
+    assert code == 0 and err == ""
+    assert max(len(text) for text in TEXTS) > 20
+    check_records(parse(out), TEXTS)
+
+
+def test_output_errors(tiny_luke, tmp_path, capsys):
+    model = ["annotate", "--model", str(tiny_luke)]
+    code, out, err = run_cli(capsys, [*model, "-o", "/dev/full", *TEXTS])
+    assert code == 2
+    assert err == "luke-spacy: error: cannot write /dev/full: No space left on device\n"
+    code, out, err = run_cli(capsys, [*model, "-o", str(tmp_path / "no" / "x.jsonl"), "x"])
+    assert code == 2 and err.startswith("luke-spacy: error: cannot write --output")
+
+
+def test_start_up_errors(tiny_luke, tmp_path, capsys):
+    model = ["annotate", "--model", str(tiny_luke)]
+    code, out, err = run_cli(capsys, [*model, "-i", str(tmp_path)])
+    assert (code, out) == (2, "")
+    assert err == f"luke-spacy: error: cannot read --input {tmp_path}: is a folder\n"
+    code, out, err = run_cli(capsys, [*model, "--lang", "zz", "x"])
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1 and "'zz'" in err
+    code, out, err = run_cli(capsys, [*model, "--context", "paragraph", "x"])
+    assert (code, out) == (2, "") and "context must be one of" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # a subprocess that loads the model: ~10 s
+def test_closed_pipe_exits_quietly(tiny_luke, tmp_path):
+    # Records large enough that the child blocks on a full pipe before it is closed.
+    path = jsonl_lines(tmp_path / "big.jsonl", [{**good(i), "pad": "x" * 20000} for i in range(16)])
+    process = subprocess.Popen(
+        [*console_script(), "annotate", "--model", str(tiny_luke), "-i", str(path)]
+        + ["--batch-size", "2", "--no-progress"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=OFFLINE_ENV,
+    )
+    watchdog = threading.Timer(120, process.kill)  # a hang fails instead of stalling
+    watchdog.start()
+    try:
+        assert json.loads(process.stdout.readline())["meta"]["n"] == 0
+        process.stdout.close()  # like `| head -1`
+        err = process.stderr.read().decode()
+        code = process.wait(timeout=10)
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert code == 141 and err == ""
+
+
+def test_ctrl_c_during_start_up(tiny_luke):
+    # stdin stays open and empty, so a signal that comes after start-up (a fast machine)
+    # finds the command waiting for input, which must end the same way.
+    process = subprocess.Popen(
+        [*console_script(), "annotate", "--model", str(tiny_luke)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=OFFLINE_ENV,
+    )
+    try:
+        time.sleep(0.5)  # importing torch and spaCy
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, out, err.decode()) == (130, b"", "luke-spacy: interrupted\n")
