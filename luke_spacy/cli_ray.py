@@ -87,7 +87,7 @@ def run_ray(args: argparse.Namespace) -> int:
     try:
         try:
             done = distributed.done_ids(args.resume) if args.resume else None
-            dataset = distributed.read_records(paths)
+            dataset = distributed.read_records(paths, args.text_field)
         except (OSError, ValueError) as err:
             raise CLIError(str(err)) from err
         settings = {"context": args.context} if args.context else {}

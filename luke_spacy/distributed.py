@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
@@ -61,9 +62,11 @@ RECORD_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("meta", pa.string()), ("error", pa.string())]
 )
 # Columns added by the readers below: a stable id "path:line" (1-based line of a JSONL file,
-# 1-based row of a Parquet file), and the raw line of a JSONL file.
+# 1-based row of a Parquet file); JSONL records as the local engine reads them: text, the other
+# fields (JSON), and why the line is no record.
 SOURCE_COLUMN = "_source"
-LINE_COLUMN = "_line"
+ITEM_COLUMNS = ("_text", "_meta", "_error")
+ITEM_SCHEMA = pa.schema([(name, pa.string()) for name in (SOURCE_COLUMN, *ITEM_COLUMNS)])
 # Key of the output schema's metadata: pipeline name and version, component settings.
 METADATA_KEY = b"luke_spacy"
 # CUDA out-of-memory halves max_batch_items down to this before giving up on a batch.
@@ -84,9 +87,10 @@ def parse_records(
 ) -> pa.Table:
     """Turn input rows into `RECORD_SCHEMA` rows: id, text, meta (JSON), error.
 
-    Rows of `read_records` JSONL files carry the raw line: broken JSON, a line that is no
-    object, a missing or non-string text or a missing id become error rows. Other tables
-    (Parquet, any Ray dataset) carry the text and id as columns; the other columns become meta.
+    Rows of `read_records` JSONL files carry the record or why the line is none (an error
+    row); a record without its id is an error row too. Other tables (Parquet, any Ray dataset)
+    carry the text and id as columns; the other columns become meta; a text that is no string
+    is an error row.
     batch (pa.Table): The input rows.
     text_field (str): Field or column of the text.
     id_field (Optional[str]): Field or column of the id; None takes the `_source` column
@@ -98,11 +102,11 @@ def parse_records(
     names = batch.column_names
     if id_field is None and SOURCE_COLUMN not in names:
         raise ValueError("no id: set id_field, or read the input with read_records")
-    if LINE_COLUMN in names:
-        rows = _parse_lines(batch, text_field, id_field)
+    if id_field is not None and id_field not in names and SOURCE_COLUMN not in names:
+        raise ValueError(f"the input has no id column {id_field!r} (columns: {names})")
+    if ITEM_COLUMNS[-1] in names:
+        rows = [_item_record(row, text_field, id_field) for row in batch.to_pylist()]
     else:
-        if id_field is not None and id_field not in names and SOURCE_COLUMN not in names:
-            raise ValueError(f"the input has no id column {id_field!r} (columns: {names})")
         rows = [_record(row, None, text_field, id_field) for row in batch.to_pylist()]
     table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
     if skip_ids is not None and not isinstance(skip_ids, pa.Array):
@@ -115,24 +119,15 @@ def parse_records(
     return table
 
 
-def _parse_lines(batch: pa.Table, text_field: str, id_field: Optional[str]) -> List[Dict]:
-    rows = []
-    sources = batch[SOURCE_COLUMN].to_pylist()
-    for source, line in zip(sources, batch[LINE_COLUMN].to_pylist()):
-        if line is None:
-            rows.append(_error_row(source, None, "the line is not valid UTF-8"))
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            rows.append(_error_row(source, None, f"invalid JSON ({err})"))
-            continue
-        if not isinstance(value, dict):
-            kind = type(value).__name__
-            rows.append(_error_row(source, None, f"expected a JSON object, got {kind}"))
-            continue
-        rows.append(_record(value, source, text_field, id_field))
-    return rows
+def _item_record(row: Dict[str, Any], text_field: str, id_field: Optional[str]) -> Dict:
+    """The record of a `JSONLines` row: its error as the local engine words it, or its id."""
+    text, meta, error = (row[name] for name in ITEM_COLUMNS)
+    fields = json.loads(meta) if meta else {}
+    if error is not None:
+        value = fields.get(id_field) if id_field is not None else None
+        id_ = row[SOURCE_COLUMN] if value is None else _id_string(value)
+        return {"id": id_, "text": text, "meta": meta, "error": error}
+    return _record({**fields, text_field: text}, row[SOURCE_COLUMN], text_field, id_field)
 
 
 def _record(
@@ -146,14 +141,18 @@ def _record(
     else:
         value = fields.pop(id_field, None)
         if value is None:
-            return _error_row(source, None, f"no {id_field!r} field (the id)")
-        id_ = value if isinstance(value, str) else json.dumps(value)
+            return _error_row(source, fields.get(text_field), f"no {id_field!r} field (the id)")
+        id_ = _id_string(value)
     text = fields.pop(text_field, None)
     if not isinstance(text, str):
         what = "no" if text is None else f"a {type(text).__name__} in the"
         return _error_row(id_, None, f"{what} {text_field!r} field, not a string")
     meta = json.dumps(fields, ensure_ascii=False, default=str) if fields else None
     return {"id": id_, "text": text, "meta": meta, "error": None}
+
+
+def _id_string(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _error_row(id_: Optional[str], text: Optional[str], error: str) -> Dict[str, Any]:
@@ -164,9 +163,8 @@ class LukeAnnotator:
     """The callable class of `Dataset.map_batches`: a pyarrow batch in, `OUTPUT_SCHEMA` out.
 
     The constructor loads the pipeline (in each actor, once) with `loading.load_pipeline`, on
-    the GPU that Ray assigned the actor, else on CPU with `threads` torch threads. A batch runs
-    through `nlp.pipe`; when that raises, each text runs alone and the ones that still raise
-    become error rows; CUDA out-of-memory first retries with half the `max_batch_items`.
+    the GPU that Ray assigned the actor, else on CPU with `threads` torch threads. Each batch
+    runs through `annotate_texts`.
     """
 
     def __init__(
@@ -179,7 +177,6 @@ class LukeAnnotator:
         sentencizer: Optional[bool] = None,
         text_field: str = "text",
         id_field: Optional[str] = "id",
-        batch_size: int = 64,
         threads: Optional[int] = None,
         gpu: Optional[int] = None,
     ) -> None:
@@ -193,7 +190,6 @@ class LukeAnnotator:
         sentencizer (Optional[bool]): As in `load_pipeline`.
         text_field (str): For raw input tables, see `parse_records`.
         id_field (Optional[str]): For raw input tables, see `parse_records`.
-        batch_size (int): `nlp.pipe` batch size.
         threads (Optional[int]): Torch threads on CPU (the actor's CPUs); None leaves torch's.
         gpu (Optional[int]): GPU id; None takes the one Ray assigned (CPU when none).
         """
@@ -215,7 +211,6 @@ class LukeAnnotator:
         )
         self.text_field = text_field
         self.id_field = id_field
-        self.batch_size = batch_size
         self.components = [proc for _, proc in self.nlp.pipeline if _is_luke(proc)]
         self.schema = OUTPUT_SCHEMA.with_metadata(
             {METADATA_KEY: json.dumps(pipeline_metadata(self.nlp, model=model))}
@@ -236,25 +231,34 @@ class LukeAnnotator:
         return pa.Table.from_pylist(out, schema=self.schema)
 
     def annotate_texts(self, texts: List[str]) -> List[Union[List[Dict[str, Any]], str]]:
-        """The entities of each text, or the error message of a text that failed."""
+        """The entities of each text, or the error message of a text that failed.
+
+        CUDA out-of-memory retries the batch with half the `max_batch_items`, down to
+        `MIN_BATCH_ITEMS`; then, or on any other error, `records.run_isolated` runs each
+        text alone and a text that still fails gets the local engine's error message.
+        """
         from .loading import one_line
-        from .records import doc_to_record
+        from .records import doc_to_record, run_isolated
 
         budgets = [proc.cfg["max_batch_items"] for proc in self.components]
         try:
             while True:
                 try:
-                    docs = self.nlp.pipe(texts, batch_size=self.batch_size)
+                    docs = self.nlp.pipe(texts, batch_size=max(1, len(texts)))
                     return [doc_to_record(doc, self.spans_keys)["entities"] for doc in docs]
-                except Exception as err:  # any model error: isolate the texts that cause it
+                except Exception as err:  # isolate the texts that cause it, below
                     if not (_is_cuda_oom(err) and self._shrink_budget()):
-                        if len(texts) == 1:
-                            return [f"{type(err).__name__}: {one_line(err)}"]
                         break
+            results = run_isolated(self.nlp, texts)
         finally:
             for proc, budget in zip(self.components, budgets):
                 proc.cfg["max_batch_items"] = budget
-        return [self.annotate_texts([text])[0] for text in texts]
+        return [
+            f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
+            if isinstance(result, Exception)
+            else doc_to_record(result, self.spans_keys)["entities"]
+            for result in results
+        ]
 
     def _shrink_budget(self) -> bool:
         """Halve max_batch_items after CUDA out-of-memory; False when at the minimum."""
@@ -335,7 +339,6 @@ def annotate(
             "sentencizer": sentencizer,
             "text_field": text_field,
             "id_field": id_field,
-            "batch_size": batch_size,
             "threads": max(1, int(cpus_per_actor or 1)) if not gpus_per_actor else None,
         },
         compute=ActorPoolStrategy(min_size=low, max_size=high),
@@ -350,12 +353,15 @@ def annotate(
 # Readers
 
 
-def read_records(paths: Union[str, List[str]], **read_args: Any) -> ray.data.Dataset:
+def read_records(
+    paths: Union[str, List[str]], text_field: str = "text", **read_args: Any
+) -> ray.data.Dataset:
     """Read JSONL (*.jsonl, *.json) or Parquet (*.parquet) files with a stable id per row.
 
-    Every row gets `_source` = "path:n" (n the 1-based line or row); JSONL rows keep their raw
-    line so that `parse_records` turns broken lines into error rows. Paths are files, folders
-    or URIs that Ray's file readers accept; the format follows the first file's extension.
+    Every row gets `_source` = "path:n" (n the 1-based line or row); a JSONL line that is no
+    record (not UTF-8, broken JSON, no string `text_field`) is read as its error, which
+    `parse_records` makes an error row. Paths are files, folders or URIs that Ray's file
+    readers accept; all JSONL or all Parquet, by extension.
     """
     import ray.data
 
@@ -364,48 +370,58 @@ def read_records(paths: Union[str, List[str]], **read_args: Any) -> ray.data.Dat
     if all(name.endswith(".parquet") for name in names):
         datasource = ParquetRows(paths, file_extensions=["parquet"])
     elif all(name.endswith((".jsonl", ".json")) for name in names):
-        datasource = JSONLines(paths, file_extensions=["jsonl", "json"])
+        datasource = JSONLines(paths, text_field, file_extensions=["jsonl", "json"])
     else:
         raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
     return ray.data.read_datasource(datasource, **read_args)
 
 
 class JSONLines(FileBasedDatasource):
-    """JSONL files as tables of (`_source`, raw `_line`); blank lines are skipped, as locally."""
+    """JSONL files as `jsonl_tables`."""
+
+    def __init__(self, paths: Union[str, List[str]], text_field: str = "text", **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self.text_field = text_field
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        sources: List[str] = []
-        lines: List[Optional[str]] = []
-        for number, raw in enumerate(f.readall().split(b"\n"), 1):
-            raw = raw.rstrip(b"\r")
-            if not raw.strip():
-                continue
-            try:
-                line: Optional[str] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                line = None
-            sources.append(f"{path}:{number}")
-            lines.append(line)
-            if len(lines) == READ_ROWS:
-                yield pa.table({SOURCE_COLUMN: sources, LINE_COLUMN: lines})
-                sources, lines = [], []
-        if lines:
-            yield pa.table({SOURCE_COLUMN: sources, LINE_COLUMN: lines})
+        return jsonl_tables(f, path, self.text_field)
 
 
 class ParquetRows(FileBasedDatasource):
-    """Parquet files with a `_source` column ("path:row")."""
+    """Parquet files as `parquet_tables`."""
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        import pyarrow.parquet as pq
+        return parquet_tables(f, path)
 
-        start = 1
-        # Parquet needs a seekable file and Ray hands over a stream: read the file whole.
-        parquet = pq.ParquetFile(pa.BufferReader(f.readall()))
-        for batch in parquet.iter_batches(batch_size=READ_ROWS):
-            sources = pa.array([f"{path}:{start + i}" for i in range(batch.num_rows)])
-            yield pa.Table.from_batches([batch]).append_column(SOURCE_COLUMN, sources)
-            start += batch.num_rows
+
+def jsonl_tables(f: Any, path: str, text_field: str) -> Iterator[pa.Table]:
+    """A JSONL file read as the local engine reads it (`cli._read_lines`: blank lines skipped,
+    UTF-8 per line, the same errors): `_source` ("path:line") and the `ITEM_COLUMNS`."""
+    from .cli import Source, _read_lines
+
+    rows: List[Dict[str, Any]] = []
+    for item in _read_lines(Source(Path(path), jsonl=True), f.readall().split(b"\n"), text_field):
+        meta = json.dumps(item.meta, ensure_ascii=False) if item.meta else None
+        values = (item.source, item.text, meta, item.error)
+        rows.append(dict(zip(ITEM_SCHEMA.names, values)))
+        if len(rows) == READ_ROWS:
+            yield pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+
+
+def parquet_tables(f: Any, path: str) -> Iterator[pa.Table]:
+    """A Parquet file with a `_source` column ("path:row")."""
+    import pyarrow.parquet as pq
+
+    # Parquet needs a seekable file and Ray hands over a stream: read the file whole.
+    parquet = pq.ParquetFile(pa.BufferReader(f.readall()))
+    start = 1
+    for batch in parquet.iter_batches(batch_size=READ_ROWS):
+        sources = pa.array([f"{path}:{start + i}" for i in range(batch.num_rows)])
+        yield pa.Table.from_batches([batch]).append_column(SOURCE_COLUMN, sources)
+        start += batch.num_rows
 
 
 # Helpers

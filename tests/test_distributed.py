@@ -23,12 +23,14 @@ from luke_spacy.cli import main  # noqa: E402
 from luke_spacy.distributed import (  # noqa: E402
     CRASH_ENV,
     CRASH_MARKERS_ENV,
-    LINE_COLUMN,
+    ITEM_COLUMNS,
     METADATA_KEY,
     OUTPUT_SCHEMA,
     RECORD_SCHEMA,
     SOURCE_COLUMN,
     LukeAnnotator,
+    jsonl_tables,
+    parquet_tables,
     parse_records,
     read_output,
 )
@@ -95,38 +97,42 @@ def test_annotator_matches_local_engine(annotator, tiny_luke, tmp_path, capsys):
     assert metadata["components"]["luke_ner"]["context"] == "document"
 
 
-def test_bad_records_become_error_rows(annotator):
+def test_bad_records_become_error_rows(annotator, tiny_luke, tmp_path, capsys):
     lines = [
-        json.dumps({"id": "good", "text": SAMPLE_TEXT[0]}),
-        '{"id": "broken", "text": ',
-        json.dumps(["not", "an", "object"]),
-        json.dumps({"id": "no-text"}),
-        json.dumps({"id": "number", "text": 7}),
-        None,  # a line that is not UTF-8
-        json.dumps({"text": "no id"}),
-        json.dumps({"id": 5, "text": SAMPLE_TEXT[1], "extra": {"a": 1}}),
+        json.dumps({"id": "good", "text": SAMPLE_TEXT[0]}).encode(),
+        b'{"id": "broken", "text": ',
+        b"",  # blank lines are skipped, and still counted in FILE:LINE
+        json.dumps(["not", "an", "object"]).encode(),
+        json.dumps({"id": "no-text"}).encode(),
+        json.dumps({"id": "number", "text": 7}).encode(),
+        b"\xff\xfe{}",
+        json.dumps({"text": "no id"}).encode(),
+        json.dumps({"id": 5, "text": SAMPLE_TEXT[1], "extra": {"a": 1}}).encode(),
     ]
-    sources = [f"f.jsonl:{i}" for i in range(1, len(lines) + 1)]
-    table = pa.table({SOURCE_COLUMN: sources, LINE_COLUMN: pa.array(lines, pa.string())})
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with open_stream(path) as f:
+        (table,) = jsonl_tables(f, str(path), "text")
     rows = annotator(table).to_pylist()
-    assert [row["id"] for row in rows] == ["good", "f.jsonl:2", "f.jsonl:3", "no-text"] + [
-        "number",
-        "f.jsonl:6",
-        "f.jsonl:7",
+    where = [f"{path}:{n}" for n in (2, 4, 7, 8)]
+    assert [row["id"] for row in rows] == ["good", where[0], where[1], "no-text", "number"] + [
+        where[2],
+        where[3],
         "5",
     ]
-    errors = [row["error"] for row in rows]
-    assert errors[0] is None and errors[-1] is None
-    assert "invalid JSON" in errors[1]
-    assert "expected a JSON object, got list" in errors[2]
-    assert "no 'text' field" in errors[3]
-    assert "a int in the 'text' field" in errors[4]
-    assert "UTF-8" in errors[5]
-    assert "no 'id' field" in errors[6]
-    assert all(rows[i]["entities"] is None for i in range(1, 7))
-    assert rows[-1]["text"] == SAMPLE_TEXT[1] and json.loads(rows[-1]["meta"]) == {
-        "extra": {"a": 1}
-    }
+    assert [row["error"] is None for row in rows] == [True] + [False] * 6 + [True]
+    assert all(row["entities"] is None for row in rows[1:-1])
+    assert rows[6]["error"] == "no 'id' field (the id)" and rows[6]["text"] == "no id"
+    assert rows[-1]["text"] == SAMPLE_TEXT[1]
+    assert json.loads(rows[-1]["meta"]) == {"extra": {"a": 1}}
+    # The reader's errors are the local engine's, word for word.
+    assert main(["annotate", "--model", str(tiny_luke), "-i", str(path), "--on-error", "record"])
+    local = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    local_errors = {record["source"]: record["error"] for record in local if "error" in record}
+    assert len(local_errors) == 5
+    assert [row["error"] for row in rows[1:6]] == [
+        local_errors[source] for source in sorted(local_errors, key=lambda s: int(s.split(":")[-1]))
+    ]
     alone = annotator(pa.table({"id": ["x"], "text": [SAMPLE_TEXT[0]]})).to_pylist()[0]
     assert_same_entities(rows[0]["entities"], alone["entities"])
 
@@ -135,9 +141,7 @@ def test_empty_batches_keep_the_schema(annotator):
     for table in (
         RECORD_SCHEMA.empty_table(),
         pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
-        pa.table(
-            {SOURCE_COLUMN: pa.array([], pa.string()), LINE_COLUMN: pa.array([], pa.string())}
-        ),
+        pa.table({name: pa.array([], pa.string()) for name in (SOURCE_COLUMN, *ITEM_COLUMNS)}),
     ):
         out = annotator(table)
         assert out.num_rows == 0 and out.schema.equals(OUTPUT_SCHEMA)
@@ -156,18 +160,18 @@ def open_stream(path: Path) -> Any:
 def test_readers_give_stable_ids(tmp_path):
     import pyarrow.parquet as pq
 
-    from luke_spacy.distributed import JSONLines, ParquetRows
-
     path = tmp_path / "docs.jsonl"
-    path.write_bytes(b'{"text": "a"}\r\n\n  \n{"text": "b"}\n\xff\xfe\n')
+    path.write_bytes(b'{"text": "a"}\r\n\n  \n{"text": "b", "n": 1}\n\xff\xfe\n')
     with open_stream(path) as f:
-        (table,) = JSONLines([str(path)])._read_stream(f, str(path))
+        (table,) = jsonl_tables(f, str(path), "text")
     assert table[SOURCE_COLUMN].to_pylist() == [f"{path}:1", f"{path}:4", f"{path}:5"]
-    assert table[LINE_COLUMN].to_pylist() == ['{"text": "a"}', '{"text": "b"}', None]
+    assert table["_text"].to_pylist() == ["a", "b", None]
+    assert table["_meta"].to_pylist() == [None, '{"n": 1}', None]
+    assert "not UTF-8" in table["_error"][2].as_py()
     parquet = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"text": ["x", "y"], "n": [1, 2]}), parquet)
     with open_stream(parquet) as f:
-        (table,) = ParquetRows([str(parquet)])._read_stream(f, str(parquet))
+        (table,) = parquet_tables(f, str(parquet))
     assert table.column_names == ["text", "n", SOURCE_COLUMN]
     assert table[SOURCE_COLUMN].to_pylist() == [f"{parquet}:1", f"{parquet}:2"]
     rows = parse_records(table, id_field=None).to_pylist()
@@ -194,16 +198,12 @@ def test_a_text_that_raises_is_retried_alone(tiny_luke):
         return doc
 
     annotator = LukeAnnotator(model=str(tiny_luke), threads=1)
-    calls = []
     annotator.nlp.add_pipe("test_raise_on_boom", first=True)
-    pipe = annotator.nlp.pipe
-    annotator.nlp.pipe = lambda texts, **kwargs: calls.append(len(texts)) or pipe(texts, **kwargs)
     docs = texts(5)
     docs[2] = "BOOM goes Paris ."
     rows = annotator(pa.table({"id": list("abcde"), "text": docs})).to_pylist()
-    assert calls == [5, 1, 1, 1, 1, 1]  # the batch, then each text alone
-    assert rows[2]["error"] == "ValueError: boom" and rows[2]["entities"] is None
-    assert rows[2]["text"] == docs[2]
+    assert rows[2]["error"] == "the pipeline failed on this text: ValueError: boom"
+    assert rows[2]["entities"] is None and rows[2]["text"] == docs[2]
     clean = LukeAnnotator(model=str(tiny_luke), threads=1)
     for i in (0, 1, 3, 4):  # run alone, as each was retried
         alone = clean(pa.table({"id": ["x"], "text": [docs[i]]}))["entities"].to_pylist()[0]
@@ -236,7 +236,9 @@ def test_cuda_out_of_memory_halves_the_budget_then_gives_up(tiny_luke):
     docs[1] = "HUGE text ."
     rows = annotator(pa.table({"id": list("abc"), "text": docs})).to_pylist()
     assert [row["error"] is None for row in rows] == [True, False, True]
-    assert rows[1]["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert rows[1]["error"].startswith(
+        "the pipeline failed on this text: OutOfMemoryError: CUDA out of memory"
+    )
     assert min(seen) == 128  # halved down to MIN_BATCH_ITEMS before giving up on the text
     assert component.cfg["max_batch_items"] == 4096
 
