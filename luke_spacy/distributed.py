@@ -193,7 +193,7 @@ class LukeAnnotator:
         threads (Optional[int]): Torch threads on CPU (the actor's CPUs); None leaves torch's.
         gpu (Optional[int]): GPU id; None takes the one Ray assigned (CPU when none).
         """
-        from .loading import load_pipeline
+        from .loading import load_pipeline, luke_ner_names
 
         if threads is not None:
             import torch
@@ -211,7 +211,7 @@ class LukeAnnotator:
         )
         self.text_field = text_field
         self.id_field = id_field
-        self.components = [proc for _, proc in self.nlp.pipeline if _is_luke(proc)]
+        self.components = [self.nlp.get_pipe(name) for name in luke_ner_names(self.nlp)]
         self.schema = OUTPUT_SCHEMA.with_metadata(
             {METADATA_KEY: json.dumps(pipeline_metadata(self.nlp, model=model))}
         )
@@ -469,11 +469,12 @@ def list_files(path: str) -> List[str]:
 def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any]:
     """Name, version and luke_ner settings of a pipeline, for the output's metadata."""
     from . import __version__
+    from .loading import luke_ner_names
 
+    settings = ("context", "dtype", "max_batch_items")
     components = {
-        name: {key: proc.cfg.get(key) for key in ("context", "dtype", "max_batch_items")}
-        for name, proc in nlp.pipeline
-        if _is_luke(proc)
+        name: {key: nlp.get_pipe(name).cfg.get(key) for key in settings}
+        for name in luke_ner_names(nlp)
     }
     return {
         "pipeline": f"{nlp.meta.get('lang', nlp.lang)}_{nlp.meta.get('name', 'pipeline')}",
@@ -482,12 +483,6 @@ def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any
         "luke_spacy": __version__,
         "components": components,
     }
-
-
-def _is_luke(proc: Any) -> bool:
-    from .pipe import LukeEntityRecognizer
-
-    return isinstance(proc, LukeEntityRecognizer)
 
 
 def _assigned_gpu() -> int:
