@@ -237,13 +237,13 @@ def b1_predict(
         the number of forward passes.
     """
     pipe = component(nlp)
-    passes, _ = pipe.plan(docs)
+    passes = pipe.plan(docs)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
     with torch.inference_mode():
         for p in passes:
-            batch = pipe.collate_passes([p], device)
+            batch = pipe.runtime.collate([p], device)
             out = model(**batch)
             if flops is not None:
                 n = p.length + len(p.spans)

@@ -114,8 +114,6 @@ def build_doc(vocab, documents, n_chars: int, sentence_boundaries: bool):
 def child(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
-    from luke_spacy import pipe as pipe_module
-
     torch.set_num_threads(args.threads)
     n_chars = args.chars[0]
     documents = read_conll(args.conll)
@@ -125,20 +123,18 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     doc = build_doc(nlp.vocab, documents, n_chars, args.sentences == "file")
     doc_bytes_before = len(doc.to_bytes())
 
-    # Passes and spans are counted as they are collated: planning the Doc beforehand would
+    # Passes and spans are counted as they are run: planning the Doc beforehand would
     # leave freed heap behind that the pipe could reuse unseen by the peak RSS.
     batches: List[int] = []
     counts = {"passes": 0, "spans": 0}
-    original = pipe_module.collate
 
-    def spy(batch_passes, **kwargs):
+    def count(batch_passes):
         width = max(p.length for p in batch_passes) + max(len(p.spans) for p in batch_passes)
         batches.append(len(batch_passes) * width)
         counts["passes"] += len(batch_passes)
         counts["spans"] += sum(len(p.spans) for p in batch_passes)
-        return original(batch_passes, **kwargs)
 
-    pipe_module.collate = spy
+    pipe.on_batch = count
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -192,7 +188,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
         result["cuda_extra_mib"] = round(
             (torch.cuda.max_memory_allocated() - cuda_before) / 2**20, 1
         )
-    pipe_module.collate = original
+    pipe.on_batch = None
     return result
 
 

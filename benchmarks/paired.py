@@ -45,9 +45,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     pipe = component(nlp)
     _, b1_model = load_hf(args.model, "cpu")
     _, ours_model = load_hf(args.model, "cpu")
-    passes, _ = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
+    passes = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
 
-    batch = pipe.collate_passes
+    def batch(passes):
+        return pipe.runtime.collate(passes, "cpu")
 
     def timed(model, inputs_list) -> float:
         start = time.perf_counter()
@@ -56,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 model(**inputs)
         return time.perf_counter() - start
 
-    batches = batch_by_budget(passes, pipe.cfg["max_batch_items"])
+    batches = batch_by_budget(passes, pipe.settings.max_batch_items)
     names = ["B1"] + [f"ours:{a}" for a in args.attention]
     totals = {name: 0.0 for name in names}
     rows = []

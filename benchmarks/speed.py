@@ -111,27 +111,24 @@ Run = Callable[[List[Any], Optional[Flops]], Tuple[List[Any], int, Dict[str, Any
 
 
 def ours_method(nlp, batch_size: int) -> Run:
-    """`nlp.pipe` over fresh Docs; counts passes and forward batches (spy on collate)."""
-    from luke_spacy import pipe as pipe_module
+    """`nlp.pipe` over fresh Docs; counts passes and forward batches (`on_batch` hook)."""
 
     def run(documents, flops):
         docs = [make_doc(nlp.vocab, d) for d in documents]
         batches: List[Tuple[int, int]] = []
-        original = pipe_module.collate
 
-        def spy(batch_passes, **kwargs):
+        def count(batch_passes):
             rows = len(batch_passes)
             width = max(p.length for p in batch_passes) + max(len(p.spans) for p in batch_passes)
             batches.append((rows, width))
             if flops is not None:
                 flops.add_batch(rows, width, [p.length + len(p.spans) for p in batch_passes])
-            return original(batch_passes, **kwargs)
 
-        pipe_module.collate = spy
+        component(nlp).on_batch = count
         try:
             done = list(nlp.pipe(docs, batch_size=batch_size))
         finally:
-            pipe_module.collate = original
+            component(nlp).on_batch = None
         entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
         extra = {
             "forward_batches": len(batches),

@@ -9,6 +9,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckpointError": "model",
     "LukeEntityRecognizer": "pipe",
+    "LukeRuntime": "runtime",
+    "NerSettings": "settings",
+    "NotLoadedError": "runtime",
     "build_luke_span_classifier": "model",
     "copy_gold_sentences": "corpus",
     "create_gold_sentence_corpus": "corpus",

@@ -23,17 +23,12 @@ are zero-padded to 2d where that lets SDPA pick a fused kernel.
 from __future__ import annotations
 
 import math
-import types
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.luke.modeling_luke import LukeSelfAttention
-
-# Instance attributes used to mark a patched layer and to undo the patch.
-_ORIGINAL_FORWARD_ATTR = "_luke_spacy_original_forward"
-_HAD_INSTANCE_FORWARD_ATTR = "_luke_spacy_had_instance_forward"
 
 # `Optional` rather than `X | None`: this alias is evaluated at runtime on 3.9.
 Weights = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -42,12 +37,11 @@ Weights = tuple[torch.Tensor, Optional[torch.Tensor]]
 def fuse_entity_aware_attention(model: nn.Module) -> int:
     """Make every `LukeSelfAttention` in `model` use one fused SDPA call.
 
-    The forward of each layer is replaced per instance, so other models
-    (and the class itself) are unaffected, parameters and `state_dict` keys
-    do not change, and `unfuse_entity_aware_attention` undoes it. Calls with
-    `output_attentions=True` or a `head_mask` use the original forward,
-    because SDPA can return neither the probabilities nor mask heads.
-    Calling this twice does not wrap a layer twice.
+    Each layer's class is switched to `FusedLukeSelfAttention`, so other models (and the class
+    itself) are unaffected, parameters and `state_dict` keys do not change, and
+    `unfuse_entity_aware_attention` undoes it. Calls with `output_attentions=True` or a
+    `head_mask` use the original forward, because SDPA can return neither the probabilities
+    nor mask heads. Calling this twice does not wrap a layer twice.
 
     model (torch.nn.Module): The model to patch, e.g. a
         `LukeForEntitySpanClassification` or anything containing one.
@@ -57,17 +51,9 @@ def fuse_entity_aware_attention(model: nn.Module) -> int:
     """
     n_fused = 0
     for module in model.modules():
-        if not isinstance(module, LukeSelfAttention):
-            continue
-        if not _is_fused(module):
-            # Remember whether `forward` was already overridden on the
-            # instance (e.g. by another wrapper) so unfusing restores that
-            # override rather than silently dropping it.
-            had_instance_forward = "forward" in module.__dict__
-            setattr(module, _ORIGINAL_FORWARD_ATTR, module.forward)
-            setattr(module, _HAD_INSTANCE_FORWARD_ATTR, had_instance_forward)
-            module.forward = types.MethodType(_fused_forward, module)
-        n_fused += 1
+        if type(module) is LukeSelfAttention:
+            module.__class__ = FusedLukeSelfAttention
+        n_fused += isinstance(module, FusedLukeSelfAttention)
     return n_fused
 
 
@@ -80,17 +66,9 @@ def unfuse_entity_aware_attention(model: nn.Module) -> int:
     """
     n_restored = 0
     for module in model.modules():
-        if not isinstance(module, LukeSelfAttention) or not _is_fused(module):
-            continue
-        original = module.__dict__.pop(_ORIGINAL_FORWARD_ATTR)
-        had_instance_forward = module.__dict__.pop(_HAD_INSTANCE_FORWARD_ATTR)
-        if had_instance_forward:
-            module.forward = original
-        else:
-            # Deleting the instance attribute re-exposes the class method;
-            # storing the bound method instead would keep a self-reference.
-            del module.__dict__["forward"]
-        n_restored += 1
+        if type(module) is FusedLukeSelfAttention:
+            module.__class__ = LukeSelfAttention
+            n_restored += 1
     return n_restored
 
 
@@ -100,12 +78,7 @@ def is_entity_aware_attention_fused(model: nn.Module) -> bool:
     model (torch.nn.Module): The model to inspect.
     RETURNS (bool): True if at least one layer uses the fused forward.
     """
-    return any(isinstance(m, LukeSelfAttention) and _is_fused(m) for m in model.modules())
-
-
-def _is_fused(module: nn.Module) -> bool:
-    forward = module.__dict__.get("forward")
-    return getattr(forward, "__func__", None) is _fused_forward
+    return any(isinstance(m, FusedLukeSelfAttention) for m in model.modules())
 
 
 def _fused_forward(
@@ -119,7 +92,8 @@ def _fused_forward(
     if output_attentions or head_mask is not None:
         # SDPA neither returns the attention probabilities nor lets us scale
         # them per head, so these (debugging / pruning) paths stay eager.
-        return getattr(self, _ORIGINAL_FORWARD_ATTR)(
+        return LukeSelfAttention.forward(
+            self,
             word_hidden_states,
             entity_hidden_states,
             attention_mask,
@@ -136,8 +110,14 @@ def _fused_forward(
     if self.use_entity_aware_attention and entity_hidden_states is not None:
         # One matmul per segment: words -> [q_w2w|q_w2e (per head) | k | v],
         # entities -> [q_e2w|q_e2e (per head) | k | v].
-        word_proj = F.linear(word_hidden_states, *_word_weights(self))
-        entity_proj = F.linear(entity_hidden_states, *_entity_weights(self))
+        word_weights = _fuse_linears(
+            self.query, self.w2e_query, self.key, self.value, n_heads=n_heads
+        )
+        entity_weights = _fuse_linears(
+            self.e2w_query, self.e2e_query, self.key, self.value, n_heads=n_heads
+        )
+        word_proj = F.linear(word_hidden_states, *word_weights)
+        entity_proj = F.linear(entity_hidden_states, *entity_weights)
         entity_size = entity_hidden_states.shape[1]
 
         def split(proj: torch.Tensor, length: int) -> tuple[torch.Tensor, ...]:
@@ -167,7 +147,9 @@ def _fused_forward(
             hidden_states = word_hidden_states
         else:
             hidden_states = torch.cat([word_hidden_states, entity_hidden_states], dim=1)
-        proj = F.linear(hidden_states, *_qkv_weights(self))
+        proj = F.linear(
+            hidden_states, *_fuse_linears(self.query, None, self.key, self.value, n_heads=n_heads)
+        )
         length = hidden_states.shape[1]
         query, key, value = (
             t.view(batch_size, length, n_heads, d) for t in proj.split(hidden, dim=-1)
@@ -193,6 +175,16 @@ def _fused_forward(
     return (output_word_hidden_states, output_entity_hidden_states)
 
 
+class FusedLukeSelfAttention(LukeSelfAttention):
+    """`LukeSelfAttention` whose forward is one fused SDPA call.
+
+    Layers are switched to this class in place (`fuse_entity_aware_attention`): a class rather
+    than a per-instance method, so fused models pickle, deepcopy and spawn like any module.
+    """
+
+    forward = _fused_forward
+
+
 def _sdpa_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     # LukeModel passes an additive float mask ([B, 1, 1, T], 0 or finfo.min)
     # that already broadcasts the way SDPA expects. SDPA insists that a
@@ -215,7 +207,10 @@ def _fuse_linears(
     first: nn.Linear, second: nn.Linear | None, *rest: nn.Linear, n_heads: int
 ) -> Weights:
     # Weight/bias of one linear computing `first` (interleaved with `second`
-    # per head when given) followed by each of `rest`.
+    # per head when given) followed by each of `rest`. Concatenated on every call, never
+    # cached: optimizers such as thinc's update the parameters' memory in place through
+    # numpy/cupy views, which bumps neither the version counter nor the data pointer, so no
+    # cache key can tell a stale copy from a fresh one. The copy is small next to the matmuls.
     def bias(linear: nn.Linear) -> torch.Tensor:
         if linear.bias is not None:
             return linear.bias
@@ -233,43 +228,3 @@ def _fuse_linears(
     if bias_head is None:
         return weight, None
     return weight, torch.cat([bias_head] + [bias(lin) for lin in rest], dim=0)
-
-
-def _word_weights(layer: LukeSelfAttention) -> Weights:
-    return _cached_weights(
-        layer,
-        "word",
-        (layer.query, layer.w2e_query, layer.key, layer.value),
-        interleave=True,
-    )
-
-
-def _entity_weights(layer: LukeSelfAttention) -> Weights:
-    return _cached_weights(
-        layer,
-        "entity",
-        (layer.e2w_query, layer.e2e_query, layer.key, layer.value),
-        interleave=True,
-    )
-
-
-def _qkv_weights(layer: LukeSelfAttention) -> Weights:
-    return _cached_weights(layer, "qkv", (layer.query, layer.key, layer.value), interleave=False)
-
-
-def _cached_weights(
-    layer: LukeSelfAttention,
-    name: str,
-    linears: tuple[nn.Linear, ...],
-    *,
-    interleave: bool,
-) -> Weights:
-    """The fused weight/bias for `linears`, concatenated on every call.
-
-    Never cached: optimizers such as thinc's update the parameters' memory in place through
-    numpy/cupy views, which bumps neither the version counter nor the data pointer, so no
-    cache key can tell a stale copy from a fresh one. The copy is small next to the matmuls.
-    """
-    if interleave:
-        return _fuse_linears(*linears, n_heads=layer.num_attention_heads)
-    return _fuse_linears(linears[0], None, *linears[1:], n_heads=layer.num_attention_heads)

@@ -91,3 +91,29 @@ def softmax(x: numpy.ndarray) -> numpy.ndarray:
     x = numpy.asarray(x, dtype="float64")
     e = numpy.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def decode_sentence(
+    spans: numpy.ndarray,
+    logits: numpy.ndarray,
+    *,
+    taken: Set[int] = frozenset(),
+    threshold: float = 0.0,
+) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """One sentence's entities as arrays: `decode_logits` plus each entity's probability.
+
+    spans (numpy.ndarray): (n, 2) candidate word spans of the sentence.
+    logits (numpy.ndarray): (n, n_labels) logits.
+    taken (Set[int]): Words of the Doc that must stay free (entities already set).
+    threshold (float): Least probability of a span's best label.
+    RETURNS (Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]): (k, 2) spans, (k,) label
+        ids and (k,) softmax probabilities of the accepted entities, in acceptance order.
+    """
+    lo, hi = (int(spans[:, 0].min()), int(spans[:, 1].max())) if len(spans) else (0, 0)
+    accepted = decode_logits(
+        spans, logits, taken=[i for i in range(lo, hi) if i in taken], threshold=threshold
+    )
+    rows = [k for _, _, k in accepted]
+    labels = numpy.asarray([label for _, label, _ in accepted], "i")
+    probs = softmax(logits[rows]).max(axis=1) if rows else numpy.zeros(0)
+    return numpy.asarray(spans)[rows].reshape(-1, 2), labels, probs

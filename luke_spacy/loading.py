@@ -86,7 +86,7 @@ def load_pipeline(
         sentencizer = pipeline is None or not _sets_sentences(nlp, names[0])
     if sentencizer and "sentencizer" not in nlp.pipe_names:
         nlp.add_pipe("sentencizer", before=names[0])
-    spans_keys = [nlp.config["components"][name].get("spans_key", FACTORY) for name in names]
+    spans_keys = [nlp.get_pipe(name).settings.spans_key for name in names]
     return nlp, [key for key in spans_keys if key is not None]
 
 

@@ -19,7 +19,6 @@ from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpa
 SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
 # Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
 NO_ENTITY = "NIL"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -71,6 +70,26 @@ class LukeShim(HFShim):
     _warned_cpu = False
     # Whether the parameter gradients are scaled by the grad scaler (until finish_update).
     _scaled = False
+    # Autocast dtype of inference; float32 runs without autocast (exact).
+    inference_dtype = torch.float32
+
+    def predict(self, inputs: ArgsKwargs):
+        """Forward for inference: eval mode, no autograd, autocast to `inference_dtype`.
+
+        Unlike thinc's PyTorchShim.predict, the module is left in eval mode afterwards, and
+        inference_mode (not only no_grad) saves the version-counter bookkeeping.
+        """
+        self._model.eval()
+        device_type = next(self._model.parameters()).device.type
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device_type,
+                dtype=self.inference_dtype,
+                enabled=self.inference_dtype != torch.float32,
+            ),
+        ):
+            return self._model(*inputs.args, **inputs.kwargs)
 
     def begin_update(self, inputs: ArgsKwargs):
         """Forward for training; the gradients accumulate until `finish_update`.
@@ -171,15 +190,19 @@ def build_luke_span_classifier(
     )
 
 
-def _forward(model: Model, batch: Dict[str, torch.Tensor], is_train: bool):
+def _forward(model: Model, inputs: Tuple[Dict[str, torch.Tensor], bool], is_train: bool):
+    """(batch, return_words) -> (span logits, final word states or None)."""
+    batch, return_words = inputs
     shim: LukeShim = model.shims[0]
-    (logits, _), torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
+    (logits, words), torch_backprop = shim(
+        ArgsKwargs(args=(batch,), kwargs={"return_words": return_words}), is_train
+    )
 
-    def backprop(d_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def backprop(d_logits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], bool]:
         torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (d_logits,)}))
-        return batch
+        return inputs
 
-    return logits, backprop
+    return (logits, words), backprop
 
 
 def get_objects(model: Model) -> Optional[HFObjects]:
@@ -193,6 +216,16 @@ def get_scorer(model: Model) -> LukeSpanScorer:
     return model.shims[0]._model
 
 
+def set_objects(model: Model, objects: HFObjects) -> None:
+    """Put a loaded tokenizer and span classifier into the model."""
+    model.shims[0].set_objects(objects)
+
+
+def set_inference_dtype(model: Model, dtype: torch.dtype) -> None:
+    """Run inference under autocast to `dtype` (float32: no autocast)."""
+    model.shims[0].inference_dtype = dtype
+
+
 def load_weights(model: Model, labels: Optional[Sequence[str]] = None) -> HFObjects:
     """Load the model's checkpoint (hub id, local folder or HF cache).
 
@@ -204,7 +237,7 @@ def load_weights(model: Model, labels: Optional[Sequence[str]] = None) -> HFObje
         objects = load_checkpoint(
             model.attrs["name"], revision=model.attrs["revision"], labels=labels
         )
-        model.shims[0].set_objects(objects)
+        set_objects(model, objects)
     return objects
 
 
@@ -213,7 +246,6 @@ def load_checkpoint(
     *,
     revision: str = "main",
     local_files_only: bool = False,
-    require_head: bool = True,
     labels: Optional[Sequence[str]] = None,
 ) -> HFObjects:
     """Load tokenizer and span classifier of a checkpoint, with errors that say the fix.
@@ -221,7 +253,6 @@ def load_checkpoint(
     name (str): Hub id or local folder.
     revision (str): Hub revision, ignored for local folders.
     local_files_only (bool): Never touch the network.
-    require_head (bool): Fail for checkpoints without a span-classification head.
     labels (Optional[Sequence[str]]): Entity labels to train. The checkpoint's head is kept
         when it has exactly these labels; otherwise a fresh head is initialized (also for
         pretrained-only checkpoints such as studio-ousia/luke-base).
@@ -235,7 +266,7 @@ def load_checkpoint(
         config = AutoConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
-    check_config(name, config, require_head=require_head and labels is None)
+    check_config(name, config, require_head=labels is None)
     has_head = SPAN_CLASSIFIER in (config.architectures or [])
     head_kwargs: Dict[str, Any] = {}
     if labels is not None:

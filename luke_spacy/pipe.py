@@ -1,9 +1,6 @@
-"""The `luke_ner` pipeline component."""
+"""The `luke_ner` pipeline component: spaCy's TrainablePipe contract over `LukeRuntime`."""
 
-import contextlib
 import warnings
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -13,29 +10,20 @@ import torch
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import Sentencizer, TrainablePipe
-from spacy.tokens import Doc, Span, SpanGroup
+from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import logger
 from spacy.vocab import Vocab
-from spacy_transformers.data_classes import TransformerData, WordpieceBatch
+from spacy_transformers.data_classes import TransformerData
 from spacy_transformers.pipeline_component import install_extensions
-from thinc.api import Config, Model, get_torch_default_device
-from thinc.types import Ragged
-from transformers.modeling_outputs import BaseModelOutput
+from thinc.api import Config, Model
 
-from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-from .decoding import decode_logits, softmax
-from .encoding import Pass, RecipeSettings, batch_by_budget, collate, groups_of, plan_doc
-from .model import (
-    entity_ids,
-    get_objects,
-    get_scorer,
-    labels_of,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
-from .tokenization import WordTokenizer
+from .annotation import scored_span_group, trf_data, word_spans
+from .decoding import decode_sentence
+from .encoding import Pass, batch_by_budget, plan_doc
+from .runtime import LukeRuntime
+from .scheduling import DocEntities, DocScores, DocStates, ScoredSentence, score_passes
+from .settings import Attention, Context, DType, NerSettings
 from .training import Coverage, coverage, gold_doc, span_loss, span_targets
 
 DEFAULT_CONFIG_STR = """
@@ -63,12 +51,6 @@ mixed_precision = false
 @scorers = "spacy.ner_scorer.v1"
 """
 DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
-CONTEXTS = ("document", "sentence")
-# Forward batches' worth of passes planned, sorted and run together: enough to sort away
-# padding, small enough that a long Doc is never planned or held whole.
-GROUP_BATCHES = 32
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTIONS = ("eager", "sdpa")
 
 
 @Language.factory(
@@ -84,22 +66,24 @@ def make_luke_ner(
     max_mention_length: int,
     max_entity_length: int,
     max_length: int,
-    context: str,
+    context: Context,
     max_batch_items: int,
     device: Optional[str],
-    dtype: str,
-    attention: str,
+    dtype: DType,
+    attention: Attention,
     overwrite_ents: bool,
     threshold: float,
     spans_key: Optional[str],
     set_trf_data: bool,
     scorer: Optional[Callable],
 ) -> "LukeEntityRecognizer":
-    """Construct a LUKE span-classification entity recognizer."""
-    return LukeEntityRecognizer(
-        nlp.vocab,
-        model,
-        name,
+    """Construct a LUKE span-classification entity recognizer.
+
+    model (Model): A `luke_spacy.LukeSpanClassifier.v1` model (checkpoint name and revision).
+    scorer (Optional[Callable]): The scoring method.
+    The other arguments are the settings documented on `luke_spacy.settings.NerSettings`.
+    """
+    settings = NerSettings(
         max_mention_length=max_mention_length,
         max_entity_length=max_entity_length,
         max_length=max_length,
@@ -112,36 +96,8 @@ def make_luke_ner(
         threshold=threshold,
         spans_key=spans_key,
         set_trf_data=set_trf_data,
-        scorer=scorer,
     )
-
-
-@dataclass
-class DocScores:
-    """Every candidate span of one Doc with its logits (what `get_loss` takes).
-
-    spans (numpy.ndarray): (n, 2) word spans, end exclusive, in the recipe's order.
-    logits (numpy.ndarray): (n, n_labels) span logits; label 0 is the no-entity class.
-    """
-
-    spans: numpy.ndarray
-    logits: numpy.ndarray
-
-
-@dataclass
-class DocEntities:
-    """Decoded predictions for one Doc (what `predict` returns).
-
-    spans (numpy.ndarray): (k, 2) entity word spans, end exclusive, sorted by start.
-    labels (numpy.ndarray): (k,) label ids; `cfg["labels"][i]` is the label's name.
-    scores (numpy.ndarray): (k,) softmax probability of each entity's label.
-    trf_data (Optional[TransformerData]): LUKE's word representations, when requested.
-    """
-
-    spans: numpy.ndarray
-    labels: numpy.ndarray
-    scores: numpy.ndarray
-    trf_data: Optional[TransformerData] = None
+    return LukeEntityRecognizer(nlp.vocab, model, name, settings=settings, scorer=scorer)
 
 
 class LukeEntityRecognizer(TrainablePipe):
@@ -158,18 +114,7 @@ class LukeEntityRecognizer(TrainablePipe):
         model: Model,
         name: str = "luke_ner",
         *,
-        max_mention_length: int = 16,
-        max_entity_length: int = 128,
-        max_length: int = 510,
-        context: str = "document",
-        max_batch_items: int = 4096,
-        device: Optional[str] = None,
-        dtype: str = "float32",
-        attention: str = "sdpa",
-        overwrite_ents: bool = False,
-        threshold: float = 0.0,
-        spans_key: Optional[str] = "luke_ner",
-        set_trf_data: bool = False,
+        settings: NerSettings = NerSettings(),
         scorer: Optional[Callable] = None,
     ) -> None:
         """Initialize the component.
@@ -177,71 +122,27 @@ class LukeEntityRecognizer(TrainablePipe):
         vocab (Vocab): The shared vocabulary.
         model (Model): A `luke_spacy.LukeSpanClassifier.v1` model.
         name (str): The component instance name.
-        max_mention_length (int): Longest candidate span in subwords (the recipe's 16).
-        max_entity_length (int): Most candidate spans per forward pass (the recipe's 128).
-        max_length (int): Window size in subwords without special tokens (the recipe's 510).
-        context (str): "document" (balanced document context) or "sentence" (none).
-        max_batch_items (int): Padded word+span positions per forward batch.
-        device (Optional[str]): Torch device; None follows spacy.prefer_gpu/require_gpu.
-        dtype (str): "float32" (exact), or "bfloat16"/"float16" autocast.
-        attention (str): "eager" (transformers' own) or "sdpa" (entity-aware attention fused
-            into one scaled_dot_product_attention call per layer).
-        overwrite_ents (bool): Replace entities already on the Doc instead of keeping them.
-        threshold (float): Least probability of a span's best label for it to compete as an
-            entity; 0.0 is the recipe (every span whose best label is not no-entity).
-        spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
-        set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
+        settings (NerSettings): The component's settings (see `make_luke_ner`).
         scorer (Optional[Callable]): The scoring method.
         """
-        check_settings(
-            max_mention_length=max_mention_length,
-            max_entity_length=max_entity_length,
-            max_length=max_length,
-            context=context,
-            max_batch_items=max_batch_items,
-            device=device,
-            dtype=dtype,
-            attention=attention,
-            threshold=threshold,
-        )
         self.vocab = vocab
         self.model = model
         self.name = name
         self.scorer = scorer
-        self.cfg: Dict[str, Any] = {
-            "max_mention_length": max_mention_length,
-            "max_entity_length": max_entity_length,
-            "max_length": max_length,
-            "context": context,
-            "max_batch_items": max_batch_items,
-            "device": device,
-            "dtype": dtype,
-            "attention": attention,
-            "overwrite_ents": overwrite_ents,
-            "threshold": threshold,
-            "spans_key": spans_key,
-            "set_trf_data": set_trf_data,
-            "labels": [],
-        }
-        self._word_tokenizer: Optional[WordTokenizer] = None
+        self.settings = settings
+        self.runtime = LukeRuntime(model, settings)
+        # The serialized view: the settings, and what initialization learned.
+        self.cfg: Dict[str, Any] = {**settings.to_dict(), "labels": []}
+        # Instrumentation: called with the passes of each forward batch before it runs.
+        self.on_batch: Optional[Callable[[Sequence[Pass]], None]] = None
         self._sentencizer = Sentencizer()
-        if set_trf_data:
+        if settings.set_trf_data:
             install_extensions()
 
     @property
     def labels(self) -> Tuple[str, ...]:
         """The entity labels of the checkpoint (without the no-entity class)."""
-        return tuple(self.cfg["labels"][1:])
-
-    @property
-    def settings(self) -> RecipeSettings:
-        cfg = self.cfg
-        return RecipeSettings(
-            max_mention_length=cfg["max_mention_length"],
-            max_entity_length=cfg["max_entity_length"],
-            max_length=cfg["max_length"],
-            document_context=cfg["context"] == "document",
-        )
+        return tuple(self._label_names()[1:])
 
     def initialize(
         self,
@@ -268,56 +169,24 @@ class LukeEntityRecognizer(TrainablePipe):
             # spaCy passes a placeholder example without entities when there is no data:
             # that is an inference pipeline being initialized, not a training set.
             labels = sorted({ent.label_ for eg in examples for ent in eg.reference.ents}) or None
-        if labels is None:
-            self._objects()
-            return
-        if not labels:
+        if labels is not None and not labels:
             raise ValueError(
                 "luke_ner: the training data has no entities, so there are no labels to "
                 "train; give them in [initialize.components.luke_ner] labels = [...]."
             )
-        self._on_load(load_weights(self.model, labels=list(labels)))
-        if examples:
-            report = self.coverage(examples)
-            self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
-            if report.n_lost:
-                warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
-            else:
-                logger.info("luke_ner: %s", report.describe())
-
-    def coverage(self, examples: Iterable[Example]) -> Coverage:
-        """Count the gold entities of the examples that can never be candidate spans."""
-        self._objects()
+        self.runtime.load(labels=None if labels is None else list(labels))
+        if labels is None or not examples:
+            return
         report = Coverage()
         for eg in examples:
             gold = gold_doc(eg, self.sentences)
-            lengths = [len(ids) for ids in self._word_tokenizer([t.text for t in gold.doc])]
-            coverage(gold, lengths, self.cfg["max_mention_length"], report)
-        return report
-
-    def _objects(self):
-        objects = get_objects(self.model)
-        if objects is None:
-            objects = load_weights(self.model)
-        if self._word_tokenizer is None or self._word_tokenizer.tokenizer is not objects.tokenizer:
-            self._on_load(objects)
-        return objects
-
-    def _on_load(self, objects) -> None:
-        config = objects.transformer.config
-        capacity = config.max_position_embeddings - config.pad_token_id - 3
-        if self.cfg["max_length"] > capacity:
-            raise ValueError(
-                f"max_length = {self.cfg['max_length']} does not fit the checkpoint, whose "
-                f"max_position_embeddings = {config.max_position_embeddings} allows at most "
-                f"{capacity} subwords per window; set max_length to {capacity} or less."
-            )
-        self.cfg["labels"] = labels_of(objects)
-        self._word_tokenizer = WordTokenizer(objects.tokenizer)
-        if self.cfg["attention"] == "sdpa":
-            fuse_entity_aware_attention(objects.transformer)
+            lengths = [len(ids) for ids in self._word_ids(gold.doc)]
+            coverage(gold, lengths, self.settings.max_mention_length, report)
+        self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
+        if report.n_lost:
+            warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
         else:
-            unfuse_entity_aware_attention(objects.transformer)
+            logger.info("luke_ner: %s", report.describe())
 
     def sentences(self, doc: Doc) -> List[Tuple[int, int]]:
         """The sentence word ranges the component scores.
@@ -336,37 +205,14 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def plan(
         self, docs: Sequence[Doc], sentences: Optional[Sequence[List[Tuple[int, int]]]] = None
-    ) -> Tuple[List[Pass], List[List[Tuple[int, ...]]]]:
-        """The passes that score every candidate span of the Docs, and each Doc's word ids.
+    ) -> List[Pass]:
+        """The passes that score every candidate span of the Docs.
 
         docs (Sequence[Doc]): The Docs.
         sentences (Optional[Sequence[List[Tuple[int, int]]]]): Sentence ranges of each Doc;
             `self.sentences(doc)` when None.
         """
-        passes: List[Pass] = []
-        doc_word_ids = []
-        for i, doc in enumerate(docs):
-            word_ids, doc_passes = self._plan_doc(
-                i, doc, None if sentences is None else sentences[i]
-            )
-            doc_word_ids.append(word_ids)
-            passes.extend(doc_passes)
-        return passes, doc_word_ids
-
-    def _plan_doc(
-        self, index: int, doc: Doc, sentences: Optional[List[Tuple[int, int]]] = None
-    ) -> Tuple[List[Tuple[int, ...]], Iterator[Pass]]:
-        """One Doc's word ids and its passes, planned lazily."""
-        self._objects()
-        word_ids = self._word_tokenizer([token.text for token in doc])
-        passes = plan_doc(
-            index,
-            word_ids,
-            self.sentences(doc) if sentences is None else sentences,
-            self.settings,
-            cover_all=self.cfg["set_trf_data"],
-        )
-        return word_ids, passes
+        return list(self._passes(docs, sentences))
 
     def predict(self, docs: Iterable[Doc]) -> List[DocEntities]:
         """Score the candidate spans of each Doc and decode them, without modifying the Docs.
@@ -379,31 +225,29 @@ class LukeEntityRecognizer(TrainablePipe):
         RETURNS (List[DocEntities]): The entities of each Doc.
         """
         docs = list(docs)
-        tokenizer = self._objects().tokenizer
+        settings = self.settings
         taken = [
             set()
-            if self.cfg["overwrite_ents"]
+            if settings.overwrite_ents
             else {i for e in doc.ents for i in range(e.start, e.end)}
             for doc in docs
         ]
         found: List[List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
-        words: Optional[List[Any]] = [None] * len(docs) if self.cfg["set_trf_data"] else None
-        for d, spans, logits in self._sentence_scores(docs, words=words):
-            lo, hi = int(spans[:, 0].min()), int(spans[:, 1].max())
-            accepted = decode_logits(
-                spans,
-                logits,
-                taken=[i for i in range(lo, hi) if i in taken[d]],
-                threshold=self.cfg["threshold"],
+        states: Dict[int, numpy.ndarray] = {}
+        for item in self._score(docs, want_words=settings.set_trf_data):
+            if isinstance(item, DocStates):
+                states[item.doc] = item.states
+                continue
+            found[item.doc].append(
+                decode_sentence(
+                    item.spans, item.logits, taken=taken[item.doc], threshold=settings.threshold
+                )
             )
-            if accepted:
-                rows = [k for _, _, k in accepted]
-                probs = softmax(logits[rows]).max(axis=1)
-                labels = numpy.asarray([label for _, label, _ in accepted])
-                found[d].append((spans[rows], labels, probs))
         return [
-            _doc_entities(parts, _trf_data(*words[d], tokenizer) if words is not None else None)
-            for d, parts in enumerate(found)
+            DocEntities.from_parts(
+                parts, self._trf_data(doc, states.get(d)) if settings.set_trf_data else None
+            )
+            for d, (doc, parts) in enumerate(zip(docs, found))
         ]
 
     def span_scores(self, docs: Iterable[Doc]) -> List[DocScores]:
@@ -413,165 +257,58 @@ class LukeEntityRecognizer(TrainablePipe):
         RETURNS (List[DocScores]): The candidate spans and logits of each Doc.
         """
         docs = list(docs)
-        parts: List[List[Tuple[numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
-        for d, spans, logits in self._sentence_scores(docs):
-            parts[d].append((spans, logits))
-        n_labels = len(self.cfg["labels"])
-        return [
-            DocScores(
-                numpy.concatenate([s for s, _ in doc_parts])
-                if doc_parts
-                else numpy.zeros((0, 2), "i"),
-                numpy.concatenate([x for _, x in doc_parts])
-                if doc_parts
-                else numpy.zeros((0, n_labels), "f"),
-            )
-            for doc_parts in parts
-        ]
-
-    def _sentence_scores(
-        self,
-        docs: Sequence[Doc],
-        sentences: Optional[Sequence[List[Tuple[int, int]]]] = None,
-        words: Optional[List[Any]] = None,
-    ) -> Iterator[Tuple[int, numpy.ndarray, numpy.ndarray]]:
-        """(Doc index, spans, logits) of each sentence with candidates, in order.
-
-        Passes are planned lazily and run in groups of GROUP_BATCHES batch budgets, and a
-        sentence is yielded once its last pass has run: what is held at once is bounded by
-        the groups, not by the Doc. With `words` (a list with one slot per Doc), each slot
-        receives the Doc's word ids and LUKE's final state of each of its subwords.
-        """
-        want_words = words is not None
-        width = self._objects().transformer.config.hidden_size
-
-        def planned() -> Iterator[Pass]:
-            for d, doc in enumerate(docs):
-                word_ids, passes = self._plan_doc(
-                    d, doc, None if sentences is None else sentences[d]
-                )
-                if want_words:
-                    words[d] = (word_ids, numpy.zeros((sum(map(len, word_ids)), width), "f"))
-                yield from passes
-
-        key: Optional[Tuple[int, int]] = None
-        spans: List[Tuple[int, int]] = []
-        logits: List[numpy.ndarray] = []
-        previous: Optional[Pass] = None
-        for group in groups_of(planned(), GROUP_BATCHES * self.cfg["max_batch_items"]):
-            # Chunks of one window share its words; the first chunk's states are kept.
-            first = []
-            for p in group:
-                first.append(previous is None or (previous.doc, previous.core) != (p.doc, p.core))
-                previous = p
-            outputs: List[Any] = [None] * len(group)
-            for indices, batch_logits, batch_words in self._run(group, want_words):
-                for row, i in enumerate(indices):
-                    # Copies, so no batch output stays alive with the group.
-                    outputs[i] = batch_logits[row, : len(group[i].spans)].copy()
-                    if batch_words is not None and first[i]:
-                        begin, (a, b) = group[i].window[0], group[i].core
-                        words[group[i].doc][1][a:b] = batch_words[
-                            row, 1 + a - begin : 1 + b - begin
-                        ]
-            for p, out in zip(group, outputs):
-                if (p.doc, p.sentence) != key:
-                    if spans:
-                        yield key[0], numpy.asarray(spans, "i"), numpy.concatenate(logits)
-                    key, spans, logits = (p.doc, p.sentence), [], []
-                if p.spans:
-                    spans.extend(p.spans)
-                    logits.append(out)
-        if spans:
-            yield key[0], numpy.asarray(spans, "i"), numpy.concatenate(logits)
-
-    def _run(
-        self, passes: Sequence[Pass], want_words: bool = False
-    ) -> Iterator[Tuple[List[int], numpy.ndarray, Optional[numpy.ndarray]]]:
-        """Forward batches of passes under the batch budget; yields numpy results per batch."""
-        if not passes:
-            return
-        scorer = get_scorer(self.model)
-        device = self._to_device()
-        scorer.eval()
-        for indices, batch in self._batches(passes, device):
-            with torch.inference_mode(), self._autocast(device):
-                logits, words = scorer(batch, return_words=want_words)
-            yield (
-                indices,
-                logits.float().cpu().numpy(),
-                words.float().cpu().numpy() if words is not None else None,
-            )
-
-    def _batches(
-        self, passes: Sequence[Pass], device: torch.device
-    ) -> Iterator[Tuple[List[int], Dict[str, torch.Tensor]]]:
-        """Tensor batches of passes under the batch budget, with their pass indices."""
-        for indices in batch_by_budget(passes, self.cfg["max_batch_items"]):
-            yield indices, self.collate_passes([passes[i] for i in indices], device)
-
-    def collate_passes(
-        self, passes: Sequence[Pass], device: Union[torch.device, str] = "cpu"
-    ) -> Dict[str, torch.Tensor]:
-        """The model inputs of passes padded into one batch, with the checkpoint's ids.
-
-        passes (Sequence[Pass]): Passes from `plan`.
-        device (Union[torch.device, str]): Where the tensors go.
-        RETURNS (Dict[str, torch.Tensor]): The `LukeForEntitySpanClassification` inputs.
-        """
-        tokenizer = self._objects().tokenizer
-        mask_id, pad_entity_id = entity_ids(tokenizer)
-        return collate(
-            passes,
-            cls_id=tokenizer.cls_token_id,
-            sep_id=tokenizer.sep_token_id,
-            pad_id=tokenizer.pad_token_id,
-            mask_entity_id=mask_id,
-            pad_entity_id=pad_entity_id,
-            max_mention_length=self.cfg["max_mention_length"],
-            device=device,
-        )
-
-    def _to_device(self) -> torch.device:
-        """Move the model to the configured device (or thinc's current one) and return it."""
-        if self.cfg["device"] is not None:
-            device = torch.device(self.cfg["device"])
-        else:
-            device = get_torch_default_device()
-        scorer = get_scorer(self.model)
-        if next(scorer.parameters()).device != device:
-            scorer.to(device)
-        return device
-
-    def _autocast(self, device: torch.device):
-        dtype = self.cfg["dtype"]
-        if dtype == "float32":
-            return contextlib.nullcontext()
-        if dtype == "float16" and device.type == "cpu":
-            raise ValueError("dtype = 'float16' needs a GPU; use 'bfloat16' or 'float32' on CPU.")
-        return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+        parts: List[List[ScoredSentence]] = [[] for _ in docs]
+        for item in self._score(docs):
+            parts[item.doc].append(item)
+        n_labels = len(self._label_names())
+        return [DocScores.from_sentences(doc_parts, n_labels) for doc_parts in parts]
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[DocEntities]) -> None:
         """Write the predicted entities to `doc.ents` (and `doc.spans[spans_key]`).
 
+        Entities kept from before (`overwrite_ents = false`) keep their scored spans from an
+        earlier run of this component, so running it twice loses no scores.
+
         docs (Iterable[Doc]): The documents to modify.
         predictions (Sequence[DocEntities]): The output of `predict`.
         """
-        labels = self.cfg["labels"]
-        spans_key = self.cfg["spans_key"]
+        names = self._label_names()
+        key = self.settings.spans_key
         for doc, pred in zip(docs, predictions):
-            kept = [] if self.cfg["overwrite_ents"] else list(doc.ents)
-            new = [
-                Span(doc, s, e, label=labels[label])
-                for (s, e), label in zip(pred.spans.tolist(), pred.labels.tolist())
-            ]
+            kept = () if self.settings.overwrite_ents else doc.ents
+            new = word_spans(doc, pred.spans, [names[i] for i in pred.labels.tolist()])
             doc.ents = sorted(kept + new, key=lambda span: span.start)
-            if spans_key is not None:
-                doc.spans[spans_key] = SpanGroup(
-                    doc, name=spans_key, spans=new, attrs={"scores": pred.scores}
-                )
+            if key is not None:
+                doc.spans[key] = scored_span_group(doc, key, kept, new, pred.scores)
             if pred.trf_data is not None:
                 doc._.trf_data = pred.trf_data
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Process a stream of Docs; forward passes are batched across the Docs of a batch.
+
+        The batch size only sets how many Docs are buffered; forward batches are bounded by
+        `max_batch_items` whatever it is. When a batch fails, its Docs are run one by one, so
+        only the Doc that fails reaches the error handler (`nlp.set_error_handler`) and the
+        others come out annotated.
+
+        stream (Iterable[Doc]): A stream of documents.
+        batch_size (int): The number of documents to buffer.
+        YIELDS (Doc): Processed documents in order.
+        """
+        error_handler = self.get_error_handler()
+        for docs in util.minibatch(stream, size=batch_size):
+            try:
+                self.set_annotations(docs, self.predict(docs))
+            except Exception:
+                for doc in docs:
+                    try:
+                        self.set_annotations([doc], self.predict([doc]))
+                    except Exception as err:
+                        error_handler(self.name, self, [doc], err)
+                    else:
+                        yield doc
+            else:
+                yield from docs
 
     def update(
         self,
@@ -600,22 +337,19 @@ class LukeEntityRecognizer(TrainablePipe):
         if not examples:
             return losses
         golds = [gold_doc(eg, self.sentences) for eg in examples]
-        passes, _ = self.plan([g.doc for g in golds], [g.sentences for g in golds])
+        passes = self.plan([g.doc for g in golds], [g.sentences for g in golds])
         n_spans = sum(len(p.spans) for p in passes)
         if n_spans == 0:
             return losses
-        label_ids = {label: i for i, label in enumerate(self.cfg["labels"])}
-        for module in get_scorer(self.model).modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = drop
-        device = self._to_device()
-        for indices, batch in self._batches(passes, device):
-            targets = torch.full(batch["entity_ids"].shape, -1, dtype=torch.long)
-            for row, i in enumerate(indices):
-                p = passes[i]
-                gold = span_targets(p.spans, golds[p.doc].entities, label_ids)
-                targets[row, : len(gold)] = torch.tensor(gold)
-            logits, backprop = self.model.begin_update(batch)
+        for indices in batch_by_budget(passes, self.settings.max_batch_items):
+            batch = [passes[i] for i in indices]
+            logits, backprop = self.runtime.begin_update(batch, drop)
+            targets = span_targets(
+                [p.spans for p in batch],
+                [golds[p.doc].entities for p in batch],
+                self._label_ids(),
+                logits.shape[1],
+            )
             loss, d_logits = span_loss(logits, targets.to(logits.device), n_spans)
             backprop(d_logits)
             losses[self.name] += loss
@@ -632,36 +366,16 @@ class LukeEntityRecognizer(TrainablePipe):
         scores (Sequence[DocScores]): The output of `span_scores` on those Docs.
         RETURNS (Tuple[float, List[numpy.ndarray]]): The loss and d_logits of each Doc.
         """
-        examples = list(examples)
-        label_ids = {label: i for i, label in enumerate(self.cfg["labels"])}
         n_spans = max(1, sum(len(s.spans) for s in scores))
+        label_ids = self._label_ids()
         total, grads = 0.0, []
         for eg, score in zip(examples, scores):
-            gold = gold_doc(eg, self.sentences)
-            spans = [tuple(s) for s in score.spans.tolist()]
-            targets = torch.tensor([span_targets(spans, gold.entities, label_ids)])
+            entities = gold_doc(eg, self.sentences).entities
+            targets = span_targets([score.spans.tolist()], [entities], label_ids, len(score.spans))
             loss, grad = span_loss(torch.from_numpy(score.logits)[None], targets, n_spans)
             total += loss
             grads.append(grad[0].numpy())
         return total, grads
-
-    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
-        """Process a stream of Docs; forward passes are batched across Docs.
-
-        The batch size only sets how many Docs are buffered; forward batches are bounded by
-        `max_batch_items` whatever it is.
-
-        stream (Iterable[Doc]): A stream of documents.
-        batch_size (int): The number of documents to buffer.
-        YIELDS (Doc): Processed documents in order.
-        """
-        stream = iter(stream)
-        while True:
-            docs = list(islice(stream, batch_size))
-            if not docs:
-                return
-            self.set_annotations(docs, self.predict(docs))
-            yield from docs
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError(
@@ -669,17 +383,11 @@ class LukeEntityRecognizer(TrainablePipe):
             "training from the data or [initialize.components.luke_ner] labels."
         )
 
-    def _restore_cfg(self, saved: Dict[str, Any]) -> None:
-        # Settings come from the pipeline config (so load-time overrides apply); only what
-        # initialization learned is restored.
-        self.cfg.update({k: v for k, v in saved.items() if k in ("labels", "coverage")})
-
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """Serialize the component, weights and tokenizer included."""
-        self._objects()
         serialize = {
-            "cfg": lambda: srsly.json_dumps(self.cfg),
-            "model": lambda: self.model.to_bytes(),
+            "cfg": lambda: srsly.json_dumps(self._serialized_cfg()),
+            "model": self.runtime.to_bytes,
         }
         return util.to_bytes(serialize, exclude)
 
@@ -689,114 +397,77 @@ class LukeEntityRecognizer(TrainablePipe):
         """Load the component from bytes; never touches the network."""
         deserialize = {
             "cfg": lambda b: self._restore_cfg(srsly.json_loads(b)),
-            "model": lambda b: self.model.from_bytes(b),
+            "model": self.runtime.from_bytes,
         }
         util.from_bytes(bytes_data, deserialize, exclude)
-        self._on_load(get_objects(self.model))
         return self
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Save the component: cfg, and a Hugging Face folder (safetensors, tokenizer)."""
-        objects = self._objects()
         serialize = {
-            "cfg": lambda p: srsly.write_json(p, self.cfg),
-            "model": lambda p: save_checkpoint(objects, p),
+            "cfg": lambda p: srsly.write_json(p, self._serialized_cfg()),
+            "model": self.runtime.save,
         }
         util.to_disk(path, serialize, exclude)
 
-    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()):
+    def from_disk(
+        self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()
+    ) -> "LukeEntityRecognizer":
         """Load the component from a folder; never touches the network."""
-
-        def load_model(p: Path) -> None:
-            self.model.shims[0].set_objects(load_checkpoint(str(p), local_files_only=True))
-
         deserialize = {
             "cfg": lambda p: self._restore_cfg(srsly.read_json(p)),
-            "model": load_model,
+            "model": self.runtime.load_local,
         }
         util.from_disk(path, deserialize, exclude)
-        self._on_load(get_objects(self.model))
         return self
 
+    def _label_names(self) -> List[str]:
+        """All labels in id order (0 is no-entity): the checkpoint's once it is loaded."""
+        return self.runtime.labels if self.runtime.is_loaded else self.cfg["labels"]
 
-def check_settings(
-    *,
-    max_mention_length: int,
-    max_entity_length: int,
-    max_length: int,
-    context: str,
-    max_batch_items: int,
-    device: Optional[str],
-    dtype: str,
-    attention: str,
-    threshold: float = 0.0,
-) -> None:
-    """Raise a ValueError that names the fix for an invalid setting."""
-    for key, value in (
-        ("max_mention_length", max_mention_length),
-        ("max_entity_length", max_entity_length),
-        ("max_length", max_length),
-        ("max_batch_items", max_batch_items),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"luke_ner: {key} must be a positive integer, got {value!r}.")
-    if max_mention_length > max_length:
-        raise ValueError(
-            f"luke_ner: max_mention_length ({max_mention_length}) cannot exceed max_length "
-            f"({max_length})."
+    def _label_ids(self) -> Dict[str, int]:
+        return {label: i for i, label in enumerate(self._label_names())}
+
+    def _serialized_cfg(self) -> Dict[str, Any]:
+        self.cfg["labels"] = list(self._label_names())
+        return self.cfg
+
+    def _restore_cfg(self, saved: Dict[str, Any]) -> None:
+        # Settings come from the pipeline config (so load-time overrides apply); only what
+        # initialization learned is restored.
+        self.cfg.update({k: v for k, v in saved.items() if k in ("labels", "coverage")})
+
+    def _word_ids(self, doc: Doc) -> List[Tuple[int, ...]]:
+        return self.runtime.word_tokenizer([token.text for token in doc])
+
+    def _passes(
+        self,
+        docs: Sequence[Doc],
+        sentences: Optional[Sequence[List[Tuple[int, int]]]] = None,
+    ) -> Iterator[Pass]:
+        """The Docs' passes, planned lazily Doc by Doc."""
+        for d, doc in enumerate(docs):
+            yield from plan_doc(
+                d,
+                self._word_ids(doc),
+                self.sentences(doc) if sentences is None else sentences[d],
+                self.settings.recipe,
+                cover_all=self.settings.set_trf_data,
+            )
+
+    def _score(
+        self, docs: Sequence[Doc], want_words: bool = False
+    ) -> Iterator[Union[ScoredSentence, DocStates]]:
+        return score_passes(
+            self._passes(docs),
+            self.runtime.run,
+            max_batch_items=self.settings.max_batch_items,
+            want_words=want_words,
+            on_batch=self.on_batch,
         )
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not (0.0 <= threshold <= 1.0)
-    ):
-        raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
-    if context not in CONTEXTS:
-        raise ValueError(f"luke_ner: context must be one of {CONTEXTS}, got {context!r}.")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"luke_ner: attention must be one of {ATTENTIONS}, got {attention!r}.")
-    if dtype not in DTYPES:
-        raise ValueError(f"luke_ner: dtype must be one of {tuple(DTYPES)}, got {dtype!r}.")
-    if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(
-                f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or 'cuda:0'."
-            ) from err
 
-
-def _doc_entities(
-    parts: List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]],
-    trf_data: Optional[TransformerData],
-) -> DocEntities:
-    """One Doc's entities from its sentences' (spans, labels, scores), sorted by start."""
-    if not parts:
-        return DocEntities(
-            numpy.zeros((0, 2), "i"), numpy.zeros(0, "i"), numpy.zeros(0, "f"), trf_data
-        )
-    spans, labels, scores = (numpy.concatenate(x) for x in zip(*parts))
-    order = numpy.argsort(spans[:, 0], kind="stable")
-    return DocEntities(
-        spans[order].astype("i"), labels[order].astype("i"), scores[order].astype("f"), trf_data
-    )
-
-
-def _trf_data(
-    word_ids: Sequence[Sequence[int]], hidden: numpy.ndarray, tokenizer
-) -> TransformerData:
-    ids = [i for word in word_ids for i in word]
-    n = len(ids)
-    wordpieces = WordpieceBatch(
-        strings=[tokenizer.convert_ids_to_tokens(ids)],
-        input_ids=numpy.asarray([ids], dtype="i").reshape(1, n),
-        attention_mask=numpy.ones((1, n), dtype="bool"),
-        lengths=[n],
-        token_type_ids=None,
-    )
-    align = Ragged(numpy.arange(n, dtype="i"), numpy.asarray([len(w) for w in word_ids], "i"))
-    return TransformerData(
-        wordpieces=wordpieces,
-        model_output=BaseModelOutput(last_hidden_state=hidden[None]),
-        align=align,
-    )
+    def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> TransformerData:
+        word_ids = self._word_ids(doc)
+        if states is None:  # no passes: a Doc without subwords
+            states = numpy.zeros((sum(map(len, word_ids)), self.runtime.hidden_size), "f")
+        return trf_data(word_ids, states, self.runtime.tokenizer)

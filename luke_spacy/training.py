@@ -97,9 +97,25 @@ def coverage(
     return into
 
 
-def span_targets(spans: Sequence[Span], entities: Dict[Span, str], label_ids: Dict[str, int]):
-    """Gold label id of each candidate span (no-entity when it is not a gold entity)."""
-    return [label_ids.get(entities.get(span, ""), NO_ENTITY_ID) for span in spans]
+def span_targets(
+    span_lists: Sequence[Sequence[Span]],
+    entities: Sequence[Dict[Span, str]],
+    label_ids: Dict[str, int],
+    width: int,
+) -> torch.Tensor:
+    """Gold label id of each candidate span (no-entity when it is not a gold entity).
+
+    span_lists (Sequence[Sequence[Span]]): Candidate spans, one row each (a pass, a Doc).
+    entities (Sequence[Dict[Span, str]]): Gold entities of each row's Doc.
+    label_ids (Dict[str, int]): Label names to ids.
+    width (int): Columns of the result (the logits' span dimension).
+    RETURNS (torch.Tensor): (rows, width) label ids, padded with -1.
+    """
+    targets = torch.full((len(span_lists), width), -1, dtype=torch.long)
+    for row, (spans, gold) in enumerate(zip(span_lists, entities)):
+        ids = [label_ids.get(gold.get(tuple(span), ""), NO_ENTITY_ID) for span in spans]
+        targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return targets
 
 
 def span_loss(

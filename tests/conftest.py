@@ -11,7 +11,8 @@ import torch
 # Tests never wait on a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# One thread: the n_process tests fork, and torch's thread pool does not survive a fork.
+# One thread: quick tiny-model tests on two cores (forks under several threads are tested in
+# test_multiprocessing.py, in a child process under a timeout).
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -120,7 +120,7 @@ def test_long_doc_without_sentence_boundaries(tiny_luke, hf_tokenizer):
     doc = nlp.make_doc("word " * n)
     assert len(doc) == n
     pipe = nlp.get_pipe("luke_ner")
-    passes, _ = pipe.plan([doc])
+    passes = pipe.plan([doc])
     spans = [span for p in passes for span in p.spans]
     expected = count_candidates([k] * n, [(0, n)], mml)
     assert expected == 2 * n - 1
@@ -404,13 +404,13 @@ def test_batching_does_not_change_the_logits(tiny_luke):
         numpy.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
         numpy.testing.assert_allclose(a.logits, alone.logits, atol=1e-5)
     # the long Doc needs several passes, and the batch mixes window lengths of all Docs
-    assert len(batched.get_pipe("luke_ner").plan(docs[1:2])[0]) > 1
+    assert len(batched.get_pipe("luke_ner").plan(docs[1:2])) > 1
 
 
 def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     """A long Doc is planned and run group by group and decoded sentence by sentence, with
     the entities that decoding all of its scores at once gives."""
-    from luke_spacy import pipe as pipe_module
+    from luke_spacy import scheduling
     from luke_spacy.decoding import decode_logits
 
     budget = 256
@@ -422,9 +422,9 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     expected = decode_logits(scores.spans, scores.logits, taken=[3])
     assert len(expected) > 10
 
-    monkeypatch.setattr(pipe_module, "GROUP_BATCHES", 2)
+    monkeypatch.setattr(scheduling, "GROUP_BATCHES", 2)
     held = []
-    real_groups_of = pipe_module.groups_of
+    real_groups_of = scheduling.groups_of
 
     def spy(passes, max_items):
         for group in real_groups_of(passes, max_items):
@@ -432,7 +432,7 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
             held.append(sum(p.length + len(p.spans) for p in group[:-1]))
             yield group
 
-    monkeypatch.setattr(pipe_module, "groups_of", spy)
+    monkeypatch.setattr(scheduling, "groups_of", spy)
     pred = ner.predict([doc])[0]
     assert len(held) > 3
     assert max(held) < 2 * budget
@@ -479,3 +479,53 @@ def test_threshold_drops_unlikely_spans_and_spacy_find_threshold_tunes_it(tiny_l
     assert by_threshold[0.6] == best_score == 1.0
     assert by_threshold[1.0] == 0.0
     assert by_threshold[0.0] < 1.0
+
+
+def test_error_handler_gets_the_failing_doc_and_the_others_are_annotated(tiny_luke, monkeypatch):
+    nlp = make_nlp(tiny_luke)
+    ner = nlp.get_pipe("luke_ner")
+    texts = [TEXTS[0], "BOOM breaks here .", TEXTS[1], TEXTS[4]]
+    expected = [ents_of(nlp(t)) for t in (TEXTS[0], TEXTS[1], TEXTS[4])]
+    word_ids = ner._word_ids
+
+    def fragile(doc):
+        if doc[0].text == "BOOM":
+            raise RuntimeError("cannot tokenize BOOM")
+        return word_ids(doc)
+
+    monkeypatch.setattr(ner, "_word_ids", fragile)
+    seen = []
+    nlp.set_error_handler(lambda name, proc, docs, err: seen.append((name, docs, str(err))))
+    done = list(nlp.pipe(texts, batch_size=8))
+    assert [(name, [d.text for d in docs], err) for name, docs, err in seen] == [
+        ("luke_ner", ["BOOM breaks here ."], "cannot tokenize BOOM")
+    ]
+    assert [ents_of(doc) for doc in done] == expected
+    # without a handler, spaCy's default raises
+    nlp.set_error_handler(spacy.util.raise_error)
+    with pytest.raises(RuntimeError, match="BOOM"):
+        list(nlp.pipe(texts, batch_size=8))
+
+
+def test_running_twice_keeps_the_scores_of_kept_entities(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    ner = nlp.get_pipe("luke_ner")
+    doc = nlp(TEXTS[1])
+    first = [(s.start, s.end, s.label_) for s in doc.spans["luke_ner"]]
+    scores = doc.spans["luke_ner"].attrs["scores"].tolist()
+    assert first and first == ents_of(doc)
+    ner(doc)
+    assert ents_of(doc) == first
+    assert [(s.start, s.end, s.label_) for s in doc.spans["luke_ner"]] == first
+    assert doc.spans["luke_ner"].attrs["scores"].tolist() == scores
+
+
+def test_saving_an_uninitialized_pipe_raises_instead_of_downloading(tmp_path):
+    from luke_spacy import NotLoadedError
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": "no-such-user/no-such-luke"}})
+    with pytest.raises(NotLoadedError, match="initialize"):
+        nlp.to_disk(tmp_path / "pipeline")
+    with pytest.raises(NotLoadedError, match="initialize"):
+        nlp.to_bytes()

@@ -178,6 +178,7 @@ def test_config_round_trip_with_spacy_assemble(private_checkpoint, tmp_path):
 
 def test_load_time_config_overrides_are_applied(tiny_luke, tmp_path):
     nlp = make_nlp(tiny_luke, max_mention_length=8)
+    nlp.initialize()
     nlp.to_disk(tmp_path / "pipeline")
     overrides = {"components": {"luke_ner": {"max_mention_length": 2, "context": "sentence"}}}
     loaded = spacy.load(tmp_path / "pipeline", config=overrides)

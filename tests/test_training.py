@@ -65,6 +65,7 @@ def make_nlp(model_dir, **cfg):
     return nlp
 
 
+@pytest.mark.slow
 def test_overfits_50_conll_sentences(tmp_path):
     sentences = read_iob2(shared_path("conll2003", "iob2", "train.txt"), 50)
     assert len(sentences) == 50
@@ -215,6 +216,7 @@ def test_uncoverable_gold_entities_are_reported(tiny_luke):
     assert coverage["longer than max_mention_length (3 subwords)"] == 1
 
 
+@pytest.mark.slow
 def test_spacy_train_cli_with_custom_labels(tiny_luke, tmp_path):
     """`spacy train configs/luke_ner_custom.cfg` end to end on new labels, with
     `accumulate_gradient = 2` (spaCy's update(sgd=False) per sub-batch, then finish_update),

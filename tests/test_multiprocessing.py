@@ -1,0 +1,88 @@
+"""Pickling and `nlp.pipe(n_process=2)` under fork and spawn: finishes, and matches one process.
+
+Each multiprocessing run happens in a child Python under a hard timeout, so a hang fails the
+test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+
+TEXTS = [
+    "Peter lives in Paris .",
+    "John met Mary in Berlin .",
+    "EU rejects German call to boycott British lamb .",
+    "Barack Obama visited Tokyo .",
+]
+
+SCRIPT = """
+import json, multiprocessing, sys
+import spacy, torch
+
+if __name__ == "__main__":
+    model, method, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    multiprocessing.set_start_method(method, force=True)
+    torch.set_num_threads(threads)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": model}})
+    nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
+    texts = json.loads(sys.stdin.read())
+    docs = nlp.pipe(texts, n_process=2, batch_size=2)
+    print(json.dumps([[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs]))
+"""
+
+
+def entities(docs):
+    return [[[e.start, e.end, e.label_] for e in doc.ents] for doc in docs]
+
+
+def make_nlp(path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": str(path)}})
+    return nlp
+
+
+def test_pickled_pipeline_predicts_identically(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    expected = entities(nlp.pipe(TEXTS))
+    clone = pickle.loads(pickle.dumps(nlp))
+    assert entities(clone.pipe(TEXTS)) == expected
+    # the default fused attention survives the round trip
+    from luke_spacy.attention import is_entity_aware_attention_fused
+    from luke_spacy.model import get_objects
+
+    model = clone.get_pipe("luke_ner").model
+    assert is_entity_aware_attention_fused(get_objects(model).transformer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method):
+    """Two torch threads in the parent, one call there, then two workers: under fork the
+    workers used to hang in libgomp, under spawn they died unpickling the pipeline."""
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("OMP_NUM_THREADS", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tiny_luke), method, "2"],
+            input=json.dumps(TEXTS),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"nlp.pipe(n_process=2) under {method} did not finish within 240 s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
