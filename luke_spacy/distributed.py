@@ -20,6 +20,7 @@ whose `error` is null.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -240,7 +241,7 @@ class LukeAnnotator:
         from .loading import one_line
         from .records import doc_to_record, run_isolated
 
-        budgets = [proc.cfg["max_batch_items"] for proc in self.components]
+        budgets = [proc.settings.max_batch_items for proc in self.components]
         try:
             while True:
                 try:
@@ -252,7 +253,7 @@ class LukeAnnotator:
             results = run_isolated(self.nlp, texts)
         finally:
             for proc, budget in zip(self.components, budgets):
-                proc.cfg["max_batch_items"] = budget
+                _set_budget(proc, budget)
         return [
             f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
             if isinstance(result, Exception)
@@ -264,10 +265,11 @@ class LukeAnnotator:
         """Halve max_batch_items after CUDA out-of-memory; False when at the minimum."""
         import torch
 
-        if not self.components or self.components[0].cfg["max_batch_items"] <= MIN_BATCH_ITEMS:
+        budgets = [proc.settings.max_batch_items for proc in self.components]
+        if not budgets or budgets[0] <= MIN_BATCH_ITEMS:
             return False
-        for proc in self.components:
-            proc.cfg["max_batch_items"] = max(MIN_BATCH_ITEMS, proc.cfg["max_batch_items"] // 2)
+        for proc, budget in zip(self.components, budgets):
+            _set_budget(proc, max(MIN_BATCH_ITEMS, budget // 2))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True
@@ -483,6 +485,12 @@ def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any
         "luke_spacy": __version__,
         "components": components,
     }
+
+
+def _set_budget(proc: Any, max_batch_items: int) -> None:
+    """Set a luke_ner component's forward budget (its settings, and their `cfg` view)."""
+    proc.settings = dataclasses.replace(proc.settings, max_batch_items=max_batch_items)
+    proc.cfg["max_batch_items"] = max_batch_items
 
 
 def _assigned_gpu() -> int:

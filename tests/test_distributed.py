@@ -220,7 +220,7 @@ def test_cuda_out_of_memory_halves_the_budget_then_gives_up(tiny_luke):
 
     @Language.component("test_oom")
     def oom(doc):
-        budget = component.cfg["max_batch_items"]
+        budget = component.settings.max_batch_items  # what the forward batching reads
         seen.append(budget)
         if budget > 1024 or "HUGE" in doc.text:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
@@ -231,7 +231,8 @@ def test_cuda_out_of_memory_halves_the_budget_then_gives_up(tiny_luke):
     rows = annotator(pa.table({"id": list("abc"), "text": docs})).to_pylist()
     assert all(row["error"] is None for row in rows)
     assert sorted(set(seen)) == [1024, 2048, 4096]
-    assert component.cfg["max_batch_items"] == 4096  # restored after the batch
+    assert component.settings.max_batch_items == 4096  # restored after the batch
+    assert component.cfg["max_batch_items"] == 4096
     seen.clear()
     docs[1] = "HUGE text ."
     rows = annotator(pa.table({"id": list("abc"), "text": docs})).to_pylist()
