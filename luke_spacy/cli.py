@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr for --input files"
     )
+    # --- ray engine (luke_spacy/cli_ray.py) ---
+    from .cli_ray import add_arguments as add_ray_arguments
+
+    add_ray_arguments(annotate)
+    # --- end ray engine ---
     annotate.set_defaults(func=run_annotate)
 
     random_model = commands.add_parser(
@@ -236,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_annotate(args: argparse.Namespace) -> int:
     """The `annotate` subcommand."""
+    # --- ray engine ---
+    if args.engine == "ray":
+        from .cli_ray import run_ray
+
+        return run_ray(args)
+    # --- end ray engine ---
     sources, texts = _sources(args)
     for source in sources:
         _check_readable(source)
