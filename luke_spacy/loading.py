@@ -5,6 +5,7 @@ run the same pipeline for the same arguments.
 """
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -13,6 +14,7 @@ from confection import ConfigValidationError
 from huggingface_hub.utils import logging as hf_logging
 from spacy import util
 from spacy.language import Language
+from transformers.utils import logging as transformers_logging
 
 from .checkpoint import missing_local_folder
 from .model import CheckpointError, check_device
@@ -57,20 +59,15 @@ def load_pipeline(
         device = _gpu_device(gpu)
         if device is not None:
             settings.setdefault("device", device)
-    # The hub client logs every retry of an unreachable network; the error raised here says
-    # what failed.
+    # The hub client logs every retry of an unreachable network, and older transformers warn
+    # about their own arguments and added tokens; the error raised here says what failed.
     hf_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
     what = f"the pipeline {pipeline}" if pipeline is not None else "the model"
     try:
-        if pipeline is not None:
-            nlp = _load_saved(pipeline, settings)
-        else:
-            nlp = _build_blank(lang, model, settings)
-        names = luke_ner_names(nlp)
-        if not names:
-            raise ValueError(f"the pipeline {pipeline} has no luke_ner component")
-        for name in names:
-            nlp.get_pipe(name).initialize(nlp=nlp)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="huggingface_hub")
+            nlp, names = _initialized(pipeline, lang, model, settings)
     except CheckpointError:
         raise
     except ConfigValidationError as err:
@@ -89,6 +86,22 @@ def load_pipeline(
         nlp.add_pipe("sentencizer", before=names[0])
     spans_keys = [nlp.get_pipe(name).settings.spans_key for name in names]
     return nlp, [key for key in spans_keys if key is not None]
+
+
+def _initialized(
+    pipeline: Optional[str], lang: str, model: Optional[str], settings: Dict[str, Any]
+) -> Tuple[Language, List[str]]:
+    """The pipeline with its luke_ner components' checkpoints loaded, and their names."""
+    if pipeline is not None:
+        nlp = _load_saved(pipeline, settings)
+    else:
+        nlp = _build_blank(lang, model, settings)
+    names = luke_ner_names(nlp)
+    if not names:
+        raise ValueError(f"the pipeline {pipeline} has no luke_ner component")
+    for name in names:
+        nlp.get_pipe(name).initialize(nlp=nlp)
+    return nlp, names
 
 
 def luke_ner_names(nlp: Language) -> List[str]:

@@ -267,7 +267,9 @@ def test_one_fast_call_per_batch(luke_tokenizer):
 
         def encode_batch_fast(self, words, add_special_tokens=False):
             Spy.calls += 1
-            return fast.encode_batch_fast(words, add_special_tokens=add_special_tokens)
+            # encode_batch_fast is tokenizers >= 0.21; older ones have encode_batch only
+            encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
+            return encode(words, add_special_tokens=add_special_tokens)
 
         encode_batch = encode_batch_fast
 
@@ -373,8 +375,9 @@ def fuzz_tokenizers(request) -> List[WordTokenizer]:
     for fixture in ("tiny_luke_real_bpe", "tiny_mluke"):
         path = request.getfixturevalue(fixture)
         wt = WordTokenizer(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
-        assert wt.fast is not None
-        tokenizers.append(wt)
+        if wt.fast is not None or fixture == "tiny_luke_real_bpe":  # see require_fast
+            tokenizers.append(wt)
+    assert tokenizers[0].fast is not None
     return tokenizers
 
 
