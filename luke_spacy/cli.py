@@ -24,6 +24,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from huggingface_hub.utils import logging as hf_logging
 
 from . import __version__
+from .display import HtmlWriter, scored_entities
 from .model import CheckpointError
 from .pipe import CONTEXTS, DEFAULT_CONFIG, LukeEntityRecognizer
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr for --input files"
     )
+    annotate.add_argument(
+        "--html", metavar="FILE", help="also write a page of the entities with label and score"
+    )
     annotate.set_defaults(func=run_annotate)
 
     random_model = commands.add_parser(
@@ -221,9 +225,13 @@ def run_annotate(args: argparse.Namespace) -> int:
                 tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
             )
         try:
+            html = stack.enter_context(HtmlWriter(args.html)) if args.html else None
             for doc, meta in nlp.pipe(records, as_tuples=True, batch_size=args.batch_size):
-                out.write(json.dumps(doc_to_record(doc, spans_keys, meta), ensure_ascii=False))
+                record = doc_to_record(doc, spans_keys, meta)
+                out.write(json.dumps(record, ensure_ascii=False))
                 out.write("\n")
+                if html is not None:
+                    html.add(record)
                 if progress is not None:
                     progress.update(1)
             out.flush()
@@ -300,32 +308,9 @@ def _gpu_device(gpu_id: int) -> Optional[str]:
 def doc_to_record(
     doc: Any, spans_keys: Sequence[str], meta: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
-    """The output record of a Doc: text, `doc.ents` with character offsets and scores.
-
-    Scores come from `doc.spans[key].attrs["scores"]`; entities that luke_ner did not set
-    (kept from an earlier component) have score None.
-    """
-    scores: Dict[Tuple[int, int, str], float] = {}
-    for key in spans_keys:
-        group = doc.spans.get(key)
-        if group is None:
-            continue
-        values = group.attrs.get("scores")
-        if values is None:
-            continue
-        for span, score in zip(group, values):
-            scores[(span.start, span.end, span.label_)] = float(score)
-    entities = [
-        {
-            "text": ent.text,
-            "label": ent.label_,
-            "start": ent.start_char,
-            "end": ent.end_char,
-            "score": scores.get((ent.start, ent.end, ent.label_)),
-        }
-        for ent in doc.ents
-    ]
-    record: Dict[str, Any] = {"text": doc.text, "entities": entities}
+    """The output record of a Doc: text, `doc.ents` with character offsets and scores
+    (`display.scored_entities`: None for entities that luke_ner did not set)."""
+    record: Dict[str, Any] = {"text": doc.text, "entities": scored_entities(doc, spans_keys)}
     if meta:
         record["meta"] = meta
     return record

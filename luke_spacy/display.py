@@ -1,0 +1,144 @@
+"""A scored view of entities: displaCy's entity rendering with each entity's label and score.
+
+    from luke_spacy.display import render_html
+    Path("view.html").write_text(render_html(nlp.pipe(texts)), encoding="utf8")
+
+`displacy.render(doc, style="ent")` shows labels only; here every entity also shows the
+probability luke_ner gave its label (`doc.spans[spans_key].attrs["scores"]`). Text and labels
+are HTML-escaped, so hostile input is shown, never run. Inputs are Docs or the records that
+`luke-spacy annotate` writes (`{"text", "entities": [{"start", "end", "label", "score"}]}`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from spacy import displacy
+from spacy.displacy.render import EntityRenderer
+from spacy.displacy.templates import TPL_ENT, TPL_FIGURE, TPL_PAGE
+from spacy.tokens import Doc
+from spacy.util import escape_html
+
+Record = Dict[str, Any]
+DocOrRecord = Union[Doc, Record]
+SPANS_KEY = "luke_ner"
+# displaCy's entity template with the score after the label; `{score}` is filled from each
+# entity's "params", which displaCy passes on to the template.
+TPL_SCORED_ENT = TPL_ENT.replace(
+    "{label}{kb_link}",
+    '{label}{kb_link}<span class="score" style="font-weight: normal; margin-left: 0.3em">'
+    "{score}</span>",
+)
+assert TPL_SCORED_ENT != TPL_ENT, "displaCy's entity template changed"
+PAGE_TITLE = "luke_ner entities"
+
+
+def scored_entities(doc: Doc, spans_keys: Sequence[str] = (SPANS_KEY,)) -> List[Record]:
+    """`doc.ents` with character offsets and the score of their label.
+
+    Scores come from `doc.spans[key].attrs["scores"]`; an entity that luke_ner did not set
+    (e.g. kept from an entity_ruler) has score None.
+    RETURNS (List[Dict[str, Any]]): One {"text", "label", "start", "end", "score"} per entity.
+    """
+    scores: Dict[Tuple[int, int, str], float] = {}
+    for key in spans_keys:
+        group = doc.spans.get(key)
+        values = group.attrs.get("scores") if group is not None else None
+        if values is None:
+            continue
+        for span, score in zip(group, values):
+            scores[(span.start, span.end, span.label_)] = float(score)
+    return [
+        {
+            "text": ent.text,
+            "label": ent.label_,
+            "start": ent.start_char,
+            "end": ent.end_char,
+            "score": scores.get((ent.start, ent.end, ent.label_)),
+        }
+        for ent in doc.ents
+    ]
+
+
+def render_html(
+    docs: Iterable[DocOrRecord],
+    *,
+    spans_key: str = SPANS_KEY,
+    page: bool = True,
+    digits: int = 2,
+) -> str:
+    """Render entities with their labels and scores as HTML, with displaCy.
+
+    docs (Iterable[Union[Doc, Dict[str, Any]]]): Docs, or records as `luke-spacy annotate`
+        writes them.
+    spans_key (str): The `doc.spans` key holding luke_ner's scores (Docs only).
+    page (bool): A whole HTML page; otherwise one `<div>` per input.
+    digits (int): Decimals of the scores.
+    RETURNS (str): The HTML.
+    """
+    parsed = [_parse(item, spans_key, digits) for item in docs]
+    options = {"template": TPL_SCORED_ENT}
+    html = displacy.render(parsed, style="ent", manual=True, page=page, options=options)
+    return _titled(html) if page else html
+
+
+class HtmlWriter:
+    """Write a scored entity page one input at a time (for streams too long to hold).
+
+    with HtmlWriter("view.html") as view:
+        for doc in nlp.pipe(texts):
+            view.add(doc)
+    """
+
+    def __init__(
+        self, path: Union[str, Path], *, spans_key: str = SPANS_KEY, digits: int = 2
+    ) -> None:
+        self.path = Path(path)
+        self.spans_key = spans_key
+        self.digits = digits
+        self._file: Optional[IO[str]] = None
+        self._head, self._tail = _titled(TPL_PAGE).split("{content}")
+
+    def __enter__(self) -> HtmlWriter:
+        self._file = self.path.open("w", encoding="utf8")
+        self._file.write(self._head.format(lang="en", dir="ltr"))
+        return self
+
+    def add(self, item: DocOrRecord) -> None:
+        """Append one Doc or record to the page."""
+        assert self._file is not None, "HtmlWriter is used as a context manager"
+        parsed = _parse(item, self.spans_key, self.digits)
+        renderer = EntityRenderer({"template": TPL_SCORED_ENT})
+        self._file.write(TPL_FIGURE.format(content=renderer.render([parsed])))
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._file is not None:
+            self._file.write(self._tail)
+            self._file.close()
+            self._file = None
+
+
+def _parse(item: DocOrRecord, spans_key: str, digits: int) -> Dict[str, Any]:
+    """displaCy's manual "ent" format, labels escaped and the score a template parameter."""
+    if isinstance(item, Doc):
+        text, entities = item.text, scored_entities(item, (spans_key,))
+    else:
+        text, entities = item["text"], item["entities"]
+    ents = []
+    for ent in sorted(entities, key=lambda e: e["start"]):
+        score = ent.get("score")
+        ents.append(
+            {
+                "start": ent["start"],
+                "end": ent["end"],
+                # displaCy escapes the text but writes labels as they are.
+                "label": escape_html(ent["label"]),
+                "params": {"score": "" if score is None else f"{score:.{digits}f}"},
+            }
+        )
+    return {"text": text, "ents": ents}
+
+
+def _titled(html: str) -> str:
+    return html.replace("<title>displaCy</title>", f"<title>{PAGE_TITLE}</title>", 1)
