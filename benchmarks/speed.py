@@ -50,11 +50,13 @@ from common import (  # noqa: E402
     gemm_tflops,
     load_hf,
     load_pipeline,
-    make_doc,
+    progress,
     read_conll,
     scorer_of,
     write_json,
 )
+
+from luke_spacy.conll import words_doc  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -115,7 +117,7 @@ def ours_method(nlp, batch_size: int) -> Run:
     from luke_spacy import pipe as pipe_module
 
     def run(documents, flops):
-        docs = [make_doc(nlp.vocab, d) for d in documents]
+        docs = [words_doc(nlp.vocab, d) for d in documents]
         batches: List[Tuple[int, int]] = []
         original = pipe_module.collate
 
@@ -129,7 +131,7 @@ def ours_method(nlp, batch_size: int) -> Run:
 
         pipe_module.collate = spy
         try:
-            done = list(nlp.pipe(docs, batch_size=batch_size))
+            done = list(progress(nlp.pipe(docs, batch_size=batch_size), total=len(docs)))
         finally:
             pipe_module.collate = original
         entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
@@ -146,7 +148,7 @@ def ours_method(nlp, batch_size: int) -> Run:
 
 def b1_method(nlp, model, device: str) -> Run:
     def run(documents, flops):
-        docs = [make_doc(nlp.vocab, d) for d in documents]
+        docs = [words_doc(nlp.vocab, d) for d in documents]
         entities, passes = b1_predict(nlp, model, docs, documents, device, flops)
         return entities, passes, {}
 
@@ -215,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     configs: Dict[str, Any] = {}
     notes: Dict[str, Dict[str, Any]] = {}
     if args.baselines:
-        ref_nlp, _ = load_pipeline(args.model, "exact", device, args.max_batch_items)
+        ref_nlp = load_pipeline(args.model, "exact", device, args.max_batch_items)
         tokenizer, model = load_hf(args.model, device)
         if "B1" in args.baselines:
             methods["B1"] = b1_method(ref_nlp, model, device)
@@ -224,13 +226,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             methods["B2"] = b2_method(tokenizer, model, device, args.b2_max_span_words)
             configs["B2"] = model.config
     for mode in modes:
-        nlp, how = load_pipeline(args.model, mode, device, args.max_batch_items)
+        nlp = load_pipeline(args.model, mode, device, args.max_batch_items)
         name = f"ours:{mode}"
         methods[name] = ours_method(nlp, args.batch_size)
         configs[name] = scorer_of(nlp).hf.config
-        notes[name] = {"attention_set_by": how}
         if mode.startswith("bf16") and not cuda:
-            notes[name]["note"] = "autocast bfloat16 on CPU"
+            notes[name] = {"note": "autocast bfloat16 on CPU"}
     for run in methods.values():
         run(warm, None)
     config = next(iter(configs.values()))

@@ -444,6 +444,8 @@ def run_random_model(args: argparse.Namespace) -> int:
     """The `random-model` subcommand: write the folder and print it."""
     from .random_model import build_random_checkpoint
 
+    # Empty values (e.g. blank spaCy project variables) mean "not given".
+    args.config, args.bpe_dir = args.config or None, args.bpe_dir or None
     size = args.size or ("full" if args.config else "tiny")
     if size == "full" and not args.config:
         raise CLIError("--size full needs --config CONFIG_JSON (the real model's config.json)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-import spacy
+from conftest import make_nlp
 
 from luke_spacy.cli import main as cli_main
 from luke_spacy.display import HtmlWriter, render_html
@@ -89,9 +89,7 @@ def shown(marks: Marks) -> List[str]:
 
 @pytest.fixture(scope="module")
 def docs(tiny_luke):
-    nlp = spacy.blank("en")
-    nlp.add_pipe("luke_ner", config={"model": {"name": str(tiny_luke)}})
-    docs = list(nlp.pipe(HOSTILE))
+    docs = list(make_nlp(tiny_luke).pipe(HOSTILE))
     assert sum(len(doc.ents) for doc in docs) > 0, "the tiny model found no entity to show"
     return docs
 
