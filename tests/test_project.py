@@ -159,4 +159,17 @@ def test_workflow_all_on_a_small_slice(tmp_path, tiny_luke):
 
     package = project / "packages" / "en_luke_ner_conll03-0.1.0"
     assert list((package / "dist").glob("en_luke_ner_conll03-0.1.0.tar.gz"))
+    # Installed as a user would: with its dependencies, in a fresh virtual environment.
+    assert "with its dependencies in a fresh environment" in proc.stdout
     assert "installs and loads offline" in proc.stdout
+
+
+def test_check_package_installs_outside_this_checkout(monkeypatch):
+    """pip and the fresh environment never see this checkout, and torch stays this one's
+    release (a CPU build stays a CPU build)."""
+    import torch
+
+    check = _load_script("check_package")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    assert "PYTHONPATH" not in check.outside_env()
+    assert check.torch_requirement() == "torch==" + torch.__version__.split("+")[0]
