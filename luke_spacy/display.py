@@ -7,17 +7,24 @@
 probability luke_ner gave its label (`doc.spans[spans_key].attrs["scores"]`). Text and labels
 are HTML-escaped, so hostile input is shown, never run. Inputs are Docs or the records that
 `luke-spacy annotate` writes (`{"text", "entities": [{"start", "end", "label", "score"}]}`).
+
+`spacy evaluate --displacy-path` draws entities only for spaCy's own `ner` factory; for a
+corpus, `python -m luke_spacy.display PIPELINE DATA.spacy OUTPUT.html [--limit 25]` runs the
+pipeline on the first Docs' gold tokens and sentences and writes this page.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from spacy import displacy
 from spacy.displacy.render import EntityRenderer
 from spacy.displacy.templates import TPL_ENT, TPL_FIGURE, TPL_PAGE
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 from spacy.util import escape_html
 
 Record = Dict[str, Any]
@@ -142,3 +149,34 @@ def _parse(item: DocOrRecord, spans_key: str, digits: int) -> Dict[str, Any]:
 
 def _titled(html: str) -> str:
     return html.replace("<title>displaCy</title>", f"<title>{PAGE_TITLE}</title>", 1)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Render a pipeline's entities on the first Docs of a .spacy corpus as a scored page."""
+    import spacy
+    from tqdm import tqdm
+
+    from .conll import unannotated
+
+    parser = argparse.ArgumentParser(prog="python -m luke_spacy.display", description=main.__doc__)
+    parser.add_argument("pipeline", help="pipeline folder or package name")
+    parser.add_argument("data", type=Path, help=".spacy DocBin (gold tokens and sentences kept)")
+    parser.add_argument("output", type=Path, help="the HTML page to write")
+    parser.add_argument("--limit", type=int, default=25, help="Docs to render (default: 25)")
+    parser.add_argument("--spans-key", default=SPANS_KEY, help="luke_ner's spans key")
+    parser.add_argument("--gpu-id", type=int, default=-1, help="GPU id, -1 for CPU")
+    args = parser.parse_args(argv)
+    if args.gpu_id >= 0:
+        spacy.require_gpu(args.gpu_id)
+    nlp = spacy.load(args.pipeline)
+    gold = islice(DocBin().from_disk(args.data).get_docs(nlp.vocab), args.limit)
+    docs = [unannotated(doc) for doc in gold]
+    with HtmlWriter(args.output, spans_key=args.spans_key) as view:
+        for doc in tqdm(nlp.pipe(docs), total=len(docs), unit="doc", file=sys.stderr):
+            view.add(doc)
+    print(f"{len(docs)} Docs rendered: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

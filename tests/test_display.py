@@ -132,6 +132,33 @@ def test_annotate_html_option(tiny_luke, tmp_path, capsys):
     ]
 
 
+def test_corpus_page_for_evaluation_docs(tiny_luke, tmp_path, capsys):
+    """`python -m luke_spacy.display PIPELINE DATA OUT`: what `spacy evaluate --displacy-path`
+    cannot draw for luke_ner, on the corpus' gold tokens and sentences."""
+    from spacy.tokens import DocBin
+
+    from luke_spacy.conll import words_doc
+    from luke_spacy.display import main
+
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    sentences = [text.split() for text in HOSTILE]
+    gold = [words_doc(nlp.vocab, sentences), words_doc(nlp.vocab, sentences[:1])] * 2
+    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    out = tmp_path / "view.html"
+    assert (
+        main([str(tmp_path / "pipeline"), str(tmp_path / "test.spacy"), str(out), "--limit", "3"])
+        == 0
+    )
+    marks = parse(out.read_text(encoding="utf8"))
+    assert marks.tags.count("figure") == 3
+    expected = expected_marks(
+        nlp.pipe(words_doc(nlp.vocab, s) for s in [sentences, sentences[:1], sentences])
+    )
+    assert shown(marks) == expected
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
