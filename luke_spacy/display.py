@@ -37,7 +37,8 @@ TPL_SCORED_ENT = TPL_ENT.replace(
     '{label}{kb_link}<span class="score" style="font-weight: normal; margin-left: 0.3em">'
     "{score}</span>",
 )
-assert TPL_SCORED_ENT != TPL_ENT, "displaCy's entity template changed"
+if TPL_SCORED_ENT == TPL_ENT:  # a spaCy whose template has no "{label}{kb_link}"
+    raise ImportError("luke_spacy.display: displaCy's entity template has changed")
 PAGE_TITLE = "luke_ner entities"
 
 

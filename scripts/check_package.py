@@ -114,6 +114,21 @@ def torch_requirement() -> str:
     return "torch==" + version("torch").split("+")[0]
 
 
+def luke_spacy_source() -> Path:
+    """The source tree of the luke_spacy this environment imports (this checkout in the
+    project), to build luke-spacy's wheel from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("luke_spacy")
+    for folder in [ROOT] + ([Path(spec.origin).parents[1]] if spec and spec.origin else []):
+        if (folder / "setup.cfg").is_file() and (folder / "luke_spacy").is_dir():
+            return folder
+    raise SystemExit(
+        "error: no luke-spacy source tree to build its wheel from; pass --find-links with a "
+        "folder holding luke-spacy's wheel"
+    )
+
+
 def install_fresh(sdist: Path, venv: Path, find_links: Path, torch: str) -> str:
     """A new virtual environment with the package and its dependencies; its python."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], env=outside_env(), check=True)
@@ -167,7 +182,8 @@ def main(argv=None) -> int:
         wheelhouse = args.find_links
         if wheelhouse is None:
             wheelhouse = Path(tmp) / "wheelhouse"
-            pip(sys.executable, "wheel", "--quiet", "--no-deps", "-w", str(wheelhouse), str(ROOT))
+            source = str(luke_spacy_source())
+            pip(sys.executable, "wheel", "--quiet", "--no-deps", "-w", str(wheelhouse), source)
         started = time.perf_counter()
         python = install_fresh(sdists[-1], Path(tmp) / "venv", wheelhouse, torch)
         print(

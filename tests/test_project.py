@@ -173,3 +173,5 @@ def test_check_package_installs_outside_this_checkout(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     assert "PYTHONPATH" not in check.outside_env()
     assert check.torch_requirement() == "torch==" + torch.__version__.split("+")[0]
+    # luke-spacy's wheel is built from the source tree of the luke_spacy imported here.
+    assert check.luke_spacy_source() == ROOT
