@@ -1,7 +1,6 @@
-"""Shared pieces of the benchmarks: CoNLL reading, Doc building, the baselines, FLOPs.
+"""Shared pieces of the benchmarks: CoNLL words, the baselines, FLOPs, timing.
 
-The CoNLL reader here is deliberately minimal (words only); it should be merged with
-`luke_spacy/conll.py` once that module has settled.
+CoNLL files are read and turned into Docs by `luke_spacy.conll`.
 
 Baselines (both fp32, eager transformers attention, `LukeForEntitySpanClassification.forward`
 on a model instance of their own, so a fused or autocast component never leaks into them):
@@ -16,15 +15,18 @@ on a model instance of their own, so a fused or autocast component never leaks i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
+from tqdm import tqdm
 
 from luke_spacy import conll
 from luke_spacy.decoding import decode_logits
@@ -32,6 +34,10 @@ from luke_spacy.decoding import decode_logits
 Sentence = List[str]
 Document = List[Sentence]
 Entity = Tuple[int, int, str]  # word start, word end (exclusive) within the sentence, label
+
+# Progress bars on stderr (full-size runs take minutes per method on a CPU); they do not stay
+# behind, so the printed results read as before.
+progress = functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 MODES = ("exact", "exact+sdpa", "bf16", "bf16+sdpa")
 MODE_SETTINGS: Dict[str, Dict[str, str]] = {
@@ -46,17 +52,6 @@ def read_conll(path: str | Path, max_docs: Optional[int] = None) -> List[Documen
     """Documents of a CoNLL-2003 file, each a list of sentences of words."""
     documents = conll.read_conll(path)[:max_docs]
     return [[sentence.words for sentence in document.sentences] for document in documents]
-
-
-def make_doc(vocab: Any, document: Document, sentence_boundaries: bool = True) -> Any:
-    """One spaCy Doc for a CoNLL document, sentence starts from the file."""
-    from spacy.tokens import Doc
-
-    words = [w for sentence in document for w in sentence]
-    sent_starts = [i == 0 for sentence in document for i in range(len(sentence))]
-    if not sentence_boundaries:
-        return Doc(vocab, words=words)
-    return Doc(vocab, words=words, sent_starts=sent_starts)
 
 
 def sentence_ranges(document: Document) -> List[Tuple[int, int]]:
@@ -92,35 +87,17 @@ def greedy(
 
 
 def load_pipeline(model_dir: str, mode: str, device: str, max_batch_items: Optional[int] = None):
-    """A blank English pipeline with `luke_ner` in the given mode, loaded and warm-ready.
-
-    Uses the component's `attention` setting when it has one; otherwise (older component) the
-    model is fused by hand with `luke_spacy.attention.fuse_entity_aware_attention`.
-    RETURNS (Tuple[Language, str]): The pipeline and how the attention was set.
-    """
+    """A blank English pipeline with `luke_ner` in the given mode, initialized."""
     import spacy
 
-    settings = dict(MODE_SETTINGS[mode])
     config: Dict[str, Any] = {"model": {"name": model_dir}, "device": device}
-    config["dtype"] = settings["dtype"]
+    config.update(MODE_SETTINGS[mode])
     if max_batch_items is not None:
         config["max_batch_items"] = max_batch_items
     nlp = spacy.blank("en")
-    how = "config"
-    try:
-        nlp.add_pipe("luke_ner", config={**config, "attention": settings["attention"]})
-    except Exception as err:  # a config validation error of an older component
-        if settings["attention"] == "eager" or "attention" not in str(err):
-            raise
-        nlp = spacy.blank("en")
-        nlp.add_pipe("luke_ner", config=config)
-        how = "fuse_entity_aware_attention"
+    nlp.add_pipe("luke_ner", config=config)
     nlp.initialize()
-    if how != "config":
-        from luke_spacy.attention import fuse_entity_aware_attention
-
-        fuse_entity_aware_attention(scorer_of(nlp).hf)
-    return nlp, how
+    return nlp
 
 
 def component(nlp: Any) -> Any:
@@ -242,7 +219,7 @@ def b1_predict(
     spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
     with torch.inference_mode():
-        for p in passes:
+        for p in progress(passes, desc="B1", unit="pass"):
             batch = pipe.runtime.collate([p], device)
             out = model(**batch)
             if flops is not None:
@@ -268,19 +245,14 @@ def b1_predict(
 
 def b2_spans(sentence: Sentence, max_span_words: Optional[int] = None):
     """Text, character spans and word spans of every word span of a sentence (HF docs style)."""
-    text = " ".join(sentence)
-    starts, ends, pos = [], [], 0
-    for word in sentence:
-        starts.append(pos)
-        ends.append(pos + len(word))
-        pos += len(word) + 1
+    text, chars = conll.join_words(sentence)
     word_spans = [
         (i, j + 1)
         for i in range(len(sentence))
         for j in range(i, len(sentence))
         if max_span_words is None or j - i < max_span_words
     ]
-    char_spans = [(starts[i], ends[j - 1]) for i, j in word_spans]
+    char_spans = [(chars[i][0], chars[j - 1][1]) for i, j in word_spans]
     return text, char_spans, word_spans
 
 
@@ -301,7 +273,7 @@ def b2_predict(
     result: List[List[Set[Entity]]] = []
     n_forward = 0
     with torch.inference_mode():
-        for document in documents:
+        for document in progress(documents, desc="B2", unit="doc"):
             per_sentence = []
             for sentence in document:
                 text, char_spans, word_spans = b2_spans(sentence, max_span_words)

@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MODE_SETTINGS, component, load_pipeline, read_conll, write_json  # noqa: E402
 
+from luke_spacy.conll import words_doc  # noqa: E402
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -113,26 +115,19 @@ def malloc_trim() -> Optional[int]:
 
 
 def build_doc(vocab, documents, n_chars: int, sentence_boundaries: bool):
-    """A Doc of at least n_chars characters from the CoNLL words, repeated as needed."""
-    from spacy.tokens import Doc
-
-    words: List[str] = []
-    starts: List[bool] = []
+    """A Doc of at least n_chars characters from the CoNLL sentences, repeated as needed."""
+    sentences: List[List[str]] = []
     size = 0
     while size < n_chars:
         for document in documents:
             for sentence in document:
-                for i, word in enumerate(sentence):
-                    words.append(word)
-                    starts.append(i == 0)
-                    size += len(word) + 1
+                sentences.append(sentence)
+                size += sum(len(word) + 1 for word in sentence)
                 if size >= n_chars:
                     break
             if size >= n_chars:
                 break
-    if sentence_boundaries:
-        return Doc(vocab, words=words, sent_starts=starts)
-    return Doc(vocab, words=words)
+    return words_doc(vocab, sentences, sentence_boundaries=sentence_boundaries)
 
 
 def child(args: argparse.Namespace) -> Dict[str, Any]:
@@ -141,7 +136,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
     n_chars = args.chars[0]
     documents = read_conll(args.conll)
-    nlp, how = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
+    nlp = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
     pipe = component(nlp)
     list(nlp.pipe([build_doc(nlp.vocab, documents[:1], 2000, True)]))
     doc = build_doc(nlp.vocab, documents, n_chars, args.sentences == "file")
@@ -198,7 +193,6 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
         "largest_batch_positions": max(batches, default=0),
         "max_batch_items": pipe.cfg["max_batch_items"],
         "mode": args.mode,
-        "attention_set_by": how,
     }
     if args.tracemalloc:
         import tracemalloc

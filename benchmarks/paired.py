@@ -22,7 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import component, load_hf, load_pipeline, make_doc, read_conll, write_json  # noqa: E402
+from common import component, load_hf, load_pipeline, read_conll, write_json  # noqa: E402
+
+from luke_spacy.conll import words_doc  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -41,11 +43,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     from luke_spacy.encoding import batch_by_budget
 
     documents = read_conll(args.conll, args.max_docs)
-    nlp, _ = load_pipeline(args.model, "exact", "cpu", args.max_batch_items)
+    nlp = load_pipeline(args.model, "exact", "cpu", args.max_batch_items)
     pipe = component(nlp)
     _, b1_model = load_hf(args.model, "cpu")
     _, ours_model = load_hf(args.model, "cpu")
-    passes = pipe.plan([make_doc(nlp.vocab, d) for d in documents])
+    passes = pipe.plan([words_doc(nlp.vocab, d) for d in documents])
 
     def batch(passes):
         return pipe.runtime.collate(passes, "cpu")

@@ -50,11 +50,13 @@ from common import (  # noqa: E402
     gemm_tflops,
     load_hf,
     load_pipeline,
-    make_doc,
+    progress,
     read_conll,
     scorer_of,
     write_json,
 )
+
+from luke_spacy.conll import words_doc  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -114,7 +116,7 @@ def ours_method(nlp, batch_size: int) -> Run:
     """`nlp.pipe` over fresh Docs; counts passes and forward batches (`on_batch` hook)."""
 
     def run(documents, flops):
-        docs = [make_doc(nlp.vocab, d) for d in documents]
+        docs = [words_doc(nlp.vocab, d) for d in documents]
         batches: List[Tuple[int, int]] = []
 
         def count(batch_passes):
@@ -126,7 +128,7 @@ def ours_method(nlp, batch_size: int) -> Run:
 
         component(nlp).on_batch = count
         try:
-            done = list(nlp.pipe(docs, batch_size=batch_size))
+            done = list(progress(nlp.pipe(docs, batch_size=batch_size), total=len(docs)))
         finally:
             component(nlp).on_batch = None
         entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
@@ -143,7 +145,7 @@ def ours_method(nlp, batch_size: int) -> Run:
 
 def b1_method(nlp, model, device: str) -> Run:
     def run(documents, flops):
-        docs = [make_doc(nlp.vocab, d) for d in documents]
+        docs = [words_doc(nlp.vocab, d) for d in documents]
         entities, passes = b1_predict(nlp, model, docs, documents, device, flops)
         return entities, passes, {}
 
@@ -212,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     configs: Dict[str, Any] = {}
     notes: Dict[str, Dict[str, Any]] = {}
     if args.baselines:
-        ref_nlp, _ = load_pipeline(args.model, "exact", device, args.max_batch_items)
+        ref_nlp = load_pipeline(args.model, "exact", device, args.max_batch_items)
         tokenizer, model = load_hf(args.model, device)
         if "B1" in args.baselines:
             methods["B1"] = b1_method(ref_nlp, model, device)
@@ -221,13 +223,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             methods["B2"] = b2_method(tokenizer, model, device, args.b2_max_span_words)
             configs["B2"] = model.config
     for mode in modes:
-        nlp, how = load_pipeline(args.model, mode, device, args.max_batch_items)
+        nlp = load_pipeline(args.model, mode, device, args.max_batch_items)
         name = f"ours:{mode}"
         methods[name] = ours_method(nlp, args.batch_size)
         configs[name] = scorer_of(nlp).hf.config
-        notes[name] = {"attention_set_by": how}
         if mode.startswith("bf16") and not cuda:
-            notes[name]["note"] = "autocast bfloat16 on CPU"
+            notes[name] = {"note": "autocast bfloat16 on CPU"}
     for run in methods.values():
         run(warm, None)
     config = next(iter(configs.values()))

@@ -18,17 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import spacy
 import torch
-from spacy.tokens import Doc
 from spacy.training import Example
 from thinc.api import Adam, warmup_linear
+from tqdm import tqdm
 
-from luke_spacy.conll import make_docs, read_conll, split_path
+from luke_spacy.conll import make_docs, read_conll, split_path, unannotated
 from luke_spacy.random_model import build_random_checkpoint
 
 SMALL = {
@@ -51,13 +52,7 @@ SIZES = {"small": SMALL, "base": BASE}
 
 def examples(nlp, docs):
     """Examples whose predicted Docs have the gold words and sentence boundaries."""
-    out = []
-    for ref in docs:
-        pred = Doc(
-            nlp.vocab, words=[t.text for t in ref], sent_starts=[t.is_sent_start for t in ref]
-        )
-        out.append(Example(pred, ref))
-    return out
+    return [Example(unannotated(ref), ref) for ref in docs]
 
 
 def main(argv=None) -> int:
@@ -120,6 +115,8 @@ def main(argv=None) -> int:
         over_budget = time.perf_counter() - start >= args.budget_seconds
         return over_budget or 0 < args.max_steps <= steps
 
+    # The bar counts steps against the time budget, whichever ends the run first.
+    bar = tqdm(total=args.max_steps or None, unit="step", file=sys.stderr, dynamic_ncols=True)
     while not done():
         random.shuffle(train)
         batch, size = [], 0
@@ -133,10 +130,13 @@ def main(argv=None) -> int:
             steps += 1
             words += size
             losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
             batch, size = [], 0
             if done():
                 break
     train_seconds = time.perf_counter() - start
+    bar.close()
     eval_start = time.perf_counter()
     scores = nlp.evaluate(dev)
     eval_seconds = time.perf_counter() - eval_start

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr for --input files"
     )
+    annotate.add_argument(
+        "--html", metavar="FILE", help="also write a page of the entities with label and score"
+    )
     # --- ray engine (luke_spacy/cli_ray.py) ---
     from .cli_ray import add_arguments as add_ray_arguments
 
@@ -269,7 +273,9 @@ def run_annotate(args: argparse.Namespace) -> int:
 
         progress = tqdm(total=total, unit="text", file=sys.stderr, dynamic_ncols=True)
     try:
-        return _annotate(nlp, spans_keys, items, output, args, progress)
+        with ExitStack() as stack:
+            html = _open_html(stack, args.html) if args.html else None
+            return _annotate(nlp, spans_keys, items, output, args, progress, html)
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -277,6 +283,16 @@ def run_annotate(args: argparse.Namespace) -> int:
         output.close()
         if progress is not None:
             progress.close()
+
+
+def _open_html(stack: ExitStack, path: str) -> Any:
+    """The `--html` page, opened before any work so that an unwritable path fails first."""
+    from .display import HtmlWriter
+
+    try:
+        return stack.enter_context(HtmlWriter(path))
+    except OSError as err:
+        raise CLIError(f"cannot write --html {path}: {err.strerror or err}") from err
 
 
 def _load(args: argparse.Namespace) -> Tuple[Any, List[str]]:
@@ -304,8 +320,10 @@ def _annotate(
     output: Output,
     args: argparse.Namespace,
     progress: Any,
+    html: Optional[Any] = None,
 ) -> int:
-    """Annotate and write every item in order; report and handle bad ones per --on-error."""
+    """Annotate and write every item in order; report and handle bad ones per --on-error.
+    Good records are also added to the `--html` page when there is one."""
     from .loading import one_line
     from .records import doc_to_record, error_record
 
@@ -318,7 +336,10 @@ def _annotate(
         if isinstance(result, Exception):
             error = f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
         if error is None:
-            output.write(doc_to_record(result, spans_keys, item.meta))
+            record = doc_to_record(result, spans_keys, item.meta)
+            output.write(record)
+            if html is not None:
+                html.add(record)
         else:
             n_failed += 1
             _say(f"error: {item.source}: {error}", progress)
@@ -547,6 +568,8 @@ def run_random_model(args: argparse.Namespace) -> int:
     """The `random-model` subcommand: write the folder and print it."""
     from .random_model import build_random_checkpoint, missing_requirement
 
+    # Empty values (e.g. blank spaCy project variables) mean "not given".
+    args.config, args.bpe_dir = args.config or None, args.bpe_dir or None
     if missing_requirement(args.kind) is not None:
         raise CLIError(missing_requirement(args.kind))
     size = args.size or ("full" if args.config else "tiny")

@@ -185,20 +185,46 @@ def document_spans(document: Document) -> List[EntitySpan]:
     return spans
 
 
-def make_doc(vocab: Vocab, document: Document) -> Doc:
-    """A spaCy Doc of one document, with sentence starts and gold `doc.ents`.
+def words_doc(
+    vocab: Vocab, sentences: Iterable[Sequence[str]], *, sentence_boundaries: bool = True
+) -> Doc:
+    """A Doc of words given sentence by sentence, with their sentence starts.
 
     Spaces are left unknown (`spaces=None`), which tells spaCy's `Corpus` to keep these words
     as the predicted tokenization (`spacy evaluate`).
+
+    sentence_boundaries (bool): Set the sentence starts; otherwise the Doc has none.
     """
     words: List[str] = []
     sent_starts: List[bool] = []
-    for sent in document.sentences:
-        words.extend(sent.words)
-        sent_starts.extend([True] + [False] * (len(sent.words) - 1))
-    doc = Doc(vocab, words=words, sent_starts=sent_starts)
+    for sentence in sentences:
+        words.extend(sentence)
+        sent_starts.extend(i == 0 for i in range(len(sentence)))
+    return Doc(vocab, words=words, sent_starts=sent_starts if sentence_boundaries else None)
+
+
+def make_doc(vocab: Vocab, document: Document) -> Doc:
+    """A spaCy Doc of one document, with sentence starts and gold `doc.ents` (see `words_doc`)."""
+    doc = words_doc(vocab, (sent.words for sent in document.sentences))
     doc.ents = [Span(doc, s, e, label=label) for s, e, label in document_spans(document)]
     return doc
+
+
+def unannotated(doc: Doc) -> Doc:
+    """A new Doc with the words and sentence starts of `doc` and nothing else: the gold
+    tokens and sentences of a corpus Doc, for a pipeline to annotate."""
+    return Doc(doc.vocab, words=[t.text for t in doc], sent_starts=[t.is_sent_start for t in doc])
+
+
+def join_words(words: Sequence[str]) -> Tuple[str, List[Tuple[int, int]]]:
+    """The words joined by single spaces, and each word's character span in that text (how
+    the Hugging Face docs and LUKE's notebook build a sentence's text from CoNLL words)."""
+    spans: List[Tuple[int, int]] = []
+    offset = 0
+    for word in words:
+        spans.append((offset, offset + len(word)))
+        offset += len(word) + 1
+    return " ".join(words), spans
 
 
 def make_docs(vocab: Vocab, documents: Iterable[Document]) -> Iterator[Doc]:

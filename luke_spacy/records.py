@@ -36,17 +36,29 @@ def doc_to_record(
     meta (Optional[Dict[str, Any]]): The input record's other fields.
     RETURNS (Dict[str, Any]): The record.
     """
+    entities = scored_entities(doc, spans_keys)
+    record: Dict[str, Any] = {"text": doc.text, "entities": entities}
+    if meta:
+        record["meta"] = meta
+    return record
+
+
+def scored_entities(doc: Doc, spans_keys: Sequence[str]) -> List[Dict[str, Any]]:
+    """`doc.ents` with character offsets and the score of their label.
+
+    Scores come from `doc.spans[key].attrs["scores"]`; an entity that luke_ner did not set
+    (e.g. kept from an entity_ruler) has score None.
+    RETURNS (List[Dict[str, Any]]): One {"text", "label", "start", "end", "score"} per entity.
+    """
     scores: Dict[Tuple[int, int, str], float] = {}
     for key in spans_keys:
         group = doc.spans.get(key)
-        if group is None:
-            continue
-        values = group.attrs.get("scores")
+        values = group.attrs.get("scores") if group is not None else None
         if values is None:
             continue
         for span, score in zip(group, values):
             scores[(span.start, span.end, span.label_)] = float(score)
-    entities = [
+    return [
         {
             "text": ent.text,
             "label": ent.label_,
@@ -56,10 +68,6 @@ def doc_to_record(
         }
         for ent in doc.ents
     ]
-    record: Dict[str, Any] = {"text": doc.text, "entities": entities}
-    if meta:
-        record["meta"] = meta
-    return record
 
 
 def error_record(

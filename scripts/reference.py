@@ -34,8 +34,11 @@ from typing import Dict, List, Sequence, Tuple
 import numpy
 import spacy
 import torch
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import DocBin
+from tqdm import tqdm
 from transformers import AutoTokenizer, LukeForEntitySpanClassification
+
+from luke_spacy.conll import join_words, unannotated
 
 Entity = Tuple[int, int, str]  # word start, word end (exclusive), label; sentence offsets
 BIG = 1_000_000
@@ -75,18 +78,13 @@ class TransformersReference:
         self, words: Sequence[str]
     ) -> Tuple[str, List[Tuple[int, int]], List[Tuple[int, int]]]:
         """Sentence text, character spans and word spans, as the notebook builds them."""
-        text = " ".join(words)
-        starts, ends, offset = [], [], 0
-        for word in words:
-            starts.append(offset)
-            ends.append(offset + len(word))
-            offset += len(word) + 1
+        text, chars = join_words(words)
         lengths = [len(self.tokenizer.tokenize(word)) for word in words]
         char_spans, word_spans = [], []
         for i in range(len(words)):
             for j in range(i, len(words)):
                 if sum(lengths[i : j + 1]) <= self.max_mention_length:
-                    char_spans.append((starts[i], ends[j]))
+                    char_spans.append((chars[i][0], chars[j][1]))
                     word_spans.append((i, j + 1))
         return text, char_spans, word_spans
 
@@ -126,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="report JSON")
     parser.add_argument("--gpu-id", type=int, default=-1, help="GPU id, -1 for CPU")
     parser.add_argument("--max-docs", type=int, default=0, help="first N documents (0 = all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
 
     device = "cpu"
@@ -138,15 +137,15 @@ def main(argv=None) -> int:
     gold = list(DocBin().from_disk(args.data).get_docs(nlp.vocab))
     if args.max_docs:
         gold = gold[: args.max_docs]
-    docs = [
-        Doc(nlp.vocab, words=[t.text for t in g], sent_starts=[t.is_sent_start for t in g])
-        for g in gold
-    ]
+    docs = [unannotated(g) for g in gold]
 
     n_sentences = n_equal = n_ours = n_theirs = n_spans = 0
     max_diff = 0.0
     differing = []
     spaCy_seconds = hf_seconds = 0.0
+    progress = tqdm(
+        total=sum(len(doc) for doc in docs), unit="word", file=sys.stderr, disable=args.no_progress
+    )
     for d, doc in enumerate(docs):
         t0 = time.perf_counter()
         pipe.set_annotations([doc], pipe.predict([doc]))
@@ -159,6 +158,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             theirs, their_logits = reference(words)
             hf_seconds += time.perf_counter() - t0
+            progress.update(len(words))
             ours = sorted(
                 (e.start - sent.start, e.end - sent.start, e.label_)
                 for e in doc.ents
@@ -189,6 +189,7 @@ def main(argv=None) -> int:
                         "same_candidate_spans": same_spans,
                     }
                 )
+    progress.close()
     report = {
         "pipeline": args.pipeline,
         "model": args.model,

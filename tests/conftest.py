@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import spacy
 import torch
 
 # Tests never wait on a network that is not there.
@@ -20,7 +21,8 @@ SHARED_DATA = SHARED / "data"
 
 
 def notebook_decode(word_spans, logits, n_words, id2label=None, preset=()):
-    """The decode loop of LUKE's CoNLL notebook (luke-reference.md section 3), on plain lists:
+    """The decode loop of LUKE's CoNLL notebook (studio-ousia/luke,
+    notebooks/huggingface_conll_2003.ipynb), on plain lists:
     an independent reference for the component's decoding. Words in `preset` are already
     taken; labels are ids, or names through `id2label`. RETURNS sorted (start, end, label)."""
     cand = []
@@ -37,6 +39,26 @@ def notebook_decode(word_spans, logits, n_words, id2label=None, preset=()):
             free[ws:we] = [False] * (we - ws)
             ents.append((ws, we, label))
     return sorted(ents)
+
+
+def recipe_context(L: int, R: int, S: int, max_length: int = 510):
+    """The legacy recipe's context formula, transcribed from studio-ousia/luke
+    examples/legacy/ner/utils.py: a deliberately independent reference for windowing."""
+    half = int((max_length - S) / 2)
+    if L < R:
+        left = min(L, half)
+        right = min(R, max_length - left - S)
+    else:
+        right = min(R, half)
+        left = min(L, max_length - right - S)
+    return left, right
+
+
+def make_nlp(path, **cfg):
+    """A blank English pipeline with luke_ner on the checkpoint at `path`, settings `cfg`."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": str(path)}, **cfg})
+    return nlp
 
 
 def shared_path(*parts: str) -> Path:

@@ -16,12 +16,15 @@ from luke_spacy.conll import (
     check_counts,
     convert,
     corpus_counts,
+    join_words,
     main,
     make_doc,
     make_docs,
     parse_conll,
     read_conll,
     tags_to_spans,
+    unannotated,
+    words_doc,
 )
 
 SAMPLE = """\
@@ -94,6 +97,32 @@ def test_parse_conll_documents_and_sentences():
 def test_parse_conll_bad_line():
     with pytest.raises(ConllFormatError, match="f.txt:2"):
         parse_conll(["a x O", "lonely"], source="f.txt")
+
+
+def test_words_doc_with_and_without_sentence_boundaries():
+    sentences = [["EU", "rejects", "it", "."], ["Peter", "Blackburn"]]
+    doc = words_doc(Vocab(), sentences)
+    assert [s.text for s in doc.sents] == ["EU rejects it .", "Peter Blackburn"]
+    assert doc.has_unknown_spaces
+    plain = words_doc(Vocab(), sentences, sentence_boundaries=False)
+    assert [t.text for t in plain] == [t.text for t in doc]
+    assert not plain.has_annotation("SENT_START")
+
+
+def test_unannotated_keeps_words_and_sentences_only():
+    gold = make_doc(Vocab(), parse_conll(SAMPLE.splitlines())[0])
+    doc = unannotated(gold)
+    assert doc is not gold and doc.vocab is gold.vocab
+    assert [t.text for t in doc] == [t.text for t in gold]
+    assert [s.text for s in doc.sents] == [s.text for s in gold.sents]
+    assert gold.ents and not doc.ents
+
+
+def test_join_words_character_spans():
+    text, spans = join_words(["Peter", "'s", "EU"])
+    assert text == "Peter 's EU"
+    assert [text[a:b] for a, b in spans] == ["Peter", "'s", "EU"]
+    assert join_words([]) == ("", [])
 
 
 def test_make_doc_sentences_and_entities():

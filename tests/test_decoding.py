@@ -11,7 +11,8 @@ ID2LABEL = {0: "NIL", 1: "MISC", 2: "PER", 3: "ORG", 4: "LOC"}
 
 
 def notebook_tags(word_spans, logits, n_words, preset=None):
-    """The decode loop of LUKE's CoNLL notebook (luke-reference.md section 3)."""
+    """The decode loop of LUKE's CoNLL notebook (studio-ousia/luke,
+    notebooks/huggingface_conll_2003.ipynb)."""
     cand = []
     for k, (ws, we) in enumerate(word_spans):
         row = list(logits[k])

@@ -17,7 +17,7 @@ from conftest import shared_path
 from spacy.tokens import Doc
 from transformers import LukeForEntitySpanClassification
 
-from luke_spacy.conll import read_conll
+from luke_spacy.conll import read_conll, words_doc
 
 Entity = Tuple[int, int, str]
 
@@ -25,12 +25,6 @@ Entity = Tuple[int, int, str]
 def read_conll_documents(path) -> List[List[List[str]]]:
     """Documents -> sentences -> words of a CoNLL-2003 file."""
     return [[sent.words for sent in doc.sentences] for doc in read_conll(path)]
-
-
-def make_doc(vocab, document: List[List[str]]) -> Doc:
-    words = [w for s in document for w in s]
-    starts = [i == 0 for s in document for i in range(len(s))]
-    return Doc(vocab, words=words, sent_starts=starts)
 
 
 def sentence_starts(document: List[List[str]]) -> List[int]:
@@ -136,11 +130,11 @@ def test_exact_mode_equals_b1_on_every_test_sentence(exact_nlp, tiny_luke_real_b
     ours = [
         doc_entities(doc, document)
         for doc, document in zip(
-            exact_nlp.pipe(make_doc(exact_nlp.vocab, d) for d in documents), documents
+            exact_nlp.pipe(words_doc(exact_nlp.vocab, d) for d in documents), documents
         )
     ]
     reference = b1_entities(
-        pipe, model, [make_doc(exact_nlp.vocab, d) for d in documents], documents
+        pipe, model, [words_doc(exact_nlp.vocab, d) for d in documents], documents
     )
     differing = [
         (d, s, sorted(a), sorted(b))
@@ -158,10 +152,10 @@ def test_exact_mode_equals_b1_on_first_documents(exact_nlp, tiny_luke_real_bpe, 
     pipe = exact_nlp.get_pipe("luke_ner")
     model = LukeForEntitySpanClassification.from_pretrained(str(tiny_luke_real_bpe)).eval()
     documents = test_documents[:6]
-    docs = list(exact_nlp.pipe(make_doc(exact_nlp.vocab, d) for d in documents))
+    docs = list(exact_nlp.pipe(words_doc(exact_nlp.vocab, d) for d in documents))
     ours = [doc_entities(doc, document) for doc, document in zip(docs, documents)]
     reference = b1_entities(
-        pipe, model, [make_doc(exact_nlp.vocab, d) for d in documents], documents
+        pipe, model, [words_doc(exact_nlp.vocab, d) for d in documents], documents
     )
     assert sum(len(s) for doc in reference for s in doc) > 20
     assert ours == reference
@@ -190,7 +184,7 @@ def test_pipe_never_exceeds_batch_budget(tiny_luke_real_bpe, test_documents, max
     scorer.forward = spy
     try:
         documents = test_documents[:8]
-        docs = [make_doc(nlp.vocab, d) for d in documents]
+        docs = [words_doc(nlp.vocab, d) for d in documents]
         passes = pipe.plan(docs)
         out = list(nlp.pipe(docs, batch_size=1000))
     finally:

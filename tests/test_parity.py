@@ -13,9 +13,9 @@ import math
 
 import numpy
 import pytest
-import spacy
 import torch
-from conftest import notebook_decode, shared_path
+from conftest import make_nlp as base_nlp
+from conftest import notebook_decode, recipe_context, shared_path
 from spacy.tokens import Doc
 from transformers import AutoTokenizer, LukeForEntitySpanClassification
 
@@ -74,23 +74,9 @@ def hf_run(path, doc):
 def make_nlp(path, context="document", **extra):
     key = (str(path), context, tuple(sorted(extra.items())))
     if key not in _NLP_CACHE:
-        _NLP_CACHE[key] = _make_nlp(path, context, **extra)
+        settings = {"max_mention_length": MAX_MENTION_LENGTH, "max_entity_length": 1000}
+        _NLP_CACHE[key] = base_nlp(path, **{**settings, "context": context, **extra})
     return _NLP_CACHE[key]
-
-
-def _make_nlp(path, context, **extra):
-    nlp = spacy.blank("en")
-    nlp.add_pipe(
-        "luke_ner",
-        config={
-            "model": {"name": str(path)},
-            "max_mention_length": MAX_MENTION_LENGTH,
-            "max_entity_length": 1000,
-            "context": context,
-            **extra,
-        },
-    )
-    return nlp
 
 
 @pytest.mark.parametrize(
@@ -177,13 +163,9 @@ def legacy_passes(word_subwords, sentence_boundaries, max_num_subwords, mml, mel
         left_length = doc_sent_start
         right_length = len(subwords) - doc_sent_end
         sentence_length = doc_sent_end - doc_sent_start
-        half = int((max_num_subwords - sentence_length) / 2)
-        if left_length < right_length:
-            left_ctx = min(left_length, half)
-            right_ctx = min(right_length, max_num_subwords - left_ctx - sentence_length)
-        else:
-            right_ctx = min(right_length, half)
-            left_ctx = min(left_length, max_num_subwords - right_ctx - sentence_length)
+        left_ctx, right_ctx = recipe_context(
+            left_length, right_length, sentence_length, max_num_subwords
+        )
         doc_offset = doc_sent_start - left_ctx
         window = subwords[doc_offset : doc_sent_end + right_ctx]
         ents = []

@@ -8,7 +8,7 @@ import json
 import numpy
 import pytest
 import spacy
-from conftest import notebook_decode
+from conftest import make_nlp, notebook_decode
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from transformers import AutoTokenizer, BertConfig, LukeConfig, LukeModel
@@ -22,12 +22,6 @@ TEXTS = [
     "Peter Blackburn BRUSSELS 1996-08-22",
     "The European Commission said on Thursday it disagreed with German advice .",
 ]
-
-
-def make_nlp(path, **cfg):
-    nlp = spacy.blank("en")
-    nlp.add_pipe("luke_ner", config={"model": {"name": str(path)}, **cfg})
-    return nlp
 
 
 @pytest.fixture(scope="module")

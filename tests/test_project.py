@@ -91,25 +91,46 @@ def test_notebook_decode():
     assert ents == [(0, 2, "LOC"), (2, 3, "PER")]
 
 
+def run_project(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`spacy project run ...` on a copy of the project in `project`."""
+    project.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "project.yml", project)
+    shutil.copytree(ROOT / "configs", project / "configs", dirs_exist_ok=True)
+    shutil.copytree(
+        SCRIPTS,
+        project / "scripts",
+        ignore=shutil.ignore_patterns("__pycache__"),
+        dirs_exist_ok=True,
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "spacy", "project", "run", args[0], str(project), *args[1:]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_make_model_writes_a_stand_in_with_the_cli(tmp_path):
+    """make-model is `luke-spacy random-model`; blank variables give a tiny checkpoint."""
+    proc = run_project(tmp_path / "project", "make-model", "--vars.stand_in_dir", "stand-in")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "luke_spacy.cli random-model" in proc.stdout
+    config = json.loads((tmp_path / "project" / "stand-in" / "config.json").read_text())
+    assert config["hidden_size"] == 32 and config["id2label"]["0"] == "NIL"
+
+
 @pytest.mark.slow
 def test_workflow_all_on_a_small_slice(tmp_path, tiny_luke):
     conll = shared_path("conll2003")
     project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "project.yml", project)
-    shutil.copytree(ROOT / "configs", project / "configs")
-    shutil.copytree(SCRIPTS, project / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    cmd = [
-        sys.executable, "-m", "spacy", "project", "run", "all", str(project),
+    proc = run_project(
+        project, "all",
         "--vars.conll_dir", str(conll),
         "--vars.model", str(tiny_luke),
         "--vars.max_docs", "2",
         "--vars.bench_batch_size", "1",
         "--vars.bench_batches", "30",
         "--vars.bench_warmup", "0",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        timeout=1500,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     counts = json.loads((project / "corpus" / "counts.json").read_text())
@@ -138,4 +159,19 @@ def test_workflow_all_on_a_small_slice(tmp_path, tiny_luke):
 
     package = project / "packages" / "en_luke_ner_conll03-0.1.0"
     assert list((package / "dist").glob("en_luke_ner_conll03-0.1.0.tar.gz"))
+    # Installed as a user would: with its dependencies, in a fresh virtual environment.
+    assert "with its dependencies in a fresh environment" in proc.stdout
     assert "installs and loads offline" in proc.stdout
+
+
+def test_check_package_installs_outside_this_checkout(monkeypatch):
+    """pip and the fresh environment never see this checkout, and torch stays this one's
+    release (a CPU build stays a CPU build)."""
+    import torch
+
+    check = _load_script("check_package")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    assert "PYTHONPATH" not in check.outside_env()
+    assert check.torch_requirement() == "torch==" + torch.__version__.split("+")[0]
+    # luke-spacy's wheel is built from the source tree of the luke_spacy imported here.
+    assert check.luke_spacy_source() == ROOT

@@ -11,6 +11,7 @@ import sys
 import numpy
 import pytest
 import spacy
+from conftest import make_nlp
 from spacy import util
 
 TEXTS = [
@@ -18,12 +19,6 @@ TEXTS = [
     "Beyoncé lives in Los Angeles . EU rejects German call to boycott British lamb .",
     "Peter Blackburn BRUSSELS 1996-08-22",
 ]
-
-
-def make_nlp(path, **cfg):
-    nlp = spacy.blank("en")
-    nlp.add_pipe("luke_ner", config={"model": {"name": str(path)}, **cfg})
-    return nlp
 
 
 def outputs(nlp):

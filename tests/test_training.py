@@ -9,7 +9,7 @@ import numpy
 import pytest
 import spacy
 import torch
-from conftest import shared_path
+from conftest import make_nlp, shared_path
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from thinc.api import Adam, PyTorchGradScaler
@@ -57,12 +57,6 @@ def examples_for(nlp, sentences):
         )
         out.append(Example(Doc(nlp.vocab, words=words), ref))
     return out
-
-
-def make_nlp(model_dir, **cfg):
-    nlp = spacy.blank("en")
-    nlp.add_pipe("luke_ner", config={"model": {"name": str(model_dir)}, **cfg})
-    return nlp
 
 
 @pytest.mark.slow

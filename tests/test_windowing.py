@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+from conftest import recipe_context
 
 from luke_spacy.windowing import (
     Unit,
@@ -19,18 +20,6 @@ from luke_spacy.windowing import (
     subword_offsets,
     window_for,
 )
-
-
-def recipe_context(L: int, R: int, S: int, max_length: int = 510):
-    """The legacy recipe's context formula, transcribed from luke-reference.md section 4."""
-    half = int((max_length - S) / 2)
-    if L < R:
-        left = min(L, half)
-        right = min(R, max_length - left - S)
-    else:
-        right = min(R, half)
-        left = min(L, max_length - right - S)
-    return left, right
 
 
 def brute_force_spans(lengths, start, end, max_mention_length):

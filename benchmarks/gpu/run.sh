@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #4 and #5 in one device call (about 7 minutes), after
+# The GPU checks in one device call (about 7 minutes), after
 # `bash benchmarks/gpu/prepare.sh` here:
 #
 #   run(command="bash benchmarks/gpu/run.sh", carry=[".gpu"], timeout_s=600)
