@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc, Span, SpanGroup
@@ -38,16 +38,23 @@ def scored_span_group(
 
 
 def trf_data(
-    word_ids: Sequence[Sequence[int]], states: numpy.ndarray, tokenizer: Any
+    word_ids: Sequence[Sequence[int]],
+    states: Optional[numpy.ndarray],
+    tokenizer: Any,
+    hidden_size: int,
 ) -> TransformerData:
     """LUKE's final subword states of a Doc as spacy-transformers' TransformerData.
 
     word_ids (Sequence[Sequence[int]]): Subword ids of each token.
-    states (numpy.ndarray): (n_subwords, hidden) final states.
+    states (Optional[numpy.ndarray]): (n_subwords, hidden) final states; None for a Doc that
+        had no passes (no subwords).
     tokenizer: The checkpoint's tokenizer (for the subword strings).
+    hidden_size (int): Width of the states.
     """
     ids: List[int] = [i for word in word_ids for i in word]
     n = len(ids)
+    if states is None:
+        states = numpy.zeros((n, hidden_size), "f")
     wordpieces = WordpieceBatch(
         strings=[tokenizer.convert_ids_to_tokens(ids)],
         input_ids=numpy.asarray([ids], dtype="i").reshape(1, n),

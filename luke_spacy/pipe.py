@@ -84,20 +84,9 @@ def make_luke_ner(
     scorer (Optional[Callable]): The scoring method.
     The other arguments are the settings documented on `luke_spacy.settings.NerSettings`.
     """
-    settings = NerSettings(
-        max_mention_length=max_mention_length,
-        max_entity_length=max_entity_length,
-        max_length=max_length,
-        context=context,
-        max_batch_items=max_batch_items,
-        device=device,
-        dtype=dtype,
-        attention=attention,
-        overwrite_ents=overwrite_ents,
-        threshold=threshold,
-        spans_key=spans_key,
-        set_trf_data=set_trf_data,
-    )
+    # The factory's own arguments, so spaCy validates each setting against its type.
+    given = locals()
+    settings = NerSettings(**{key: given[key] for key in NerSettings.__dataclass_fields__})
     return LukeEntityRecognizer(nlp.vocab, model, name, settings=settings, scorer=scorer)
 
 
@@ -472,7 +461,5 @@ class LukeEntityRecognizer(TrainablePipe):
         )
 
     def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> TransformerData:
-        word_ids = self._word_ids(doc)
-        if states is None:  # no passes: a Doc without subwords
-            states = numpy.zeros((sum(map(len, word_ids)), self.runtime.hidden_size), "f")
-        return trf_data(word_ids, states, self.runtime.tokenizer)
+        runtime = self.runtime
+        return trf_data(self._word_ids(doc), states, runtime.tokenizer, runtime.hidden_size)
