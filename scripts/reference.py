@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import spacy
@@ -45,21 +45,29 @@ BIG = 1_000_000
 
 
 def notebook_decode(
-    word_spans: Sequence[Tuple[int, int]], logits: numpy.ndarray, id2label: Dict[int, str], n: int
+    word_spans: Sequence[Tuple[int, int]],
+    logits: Sequence[Sequence[float]],
+    n_words: int,
+    id2label: Optional[Dict[int, str]] = None,
+    preset: Sequence[int] = (),
 ) -> List[Entity]:
-    """The decoding loop of LUKE's notebook (argmax, drop NIL, stable sort, greedy)."""
+    """The decode loop of LUKE's CoNLL notebook (studio-ousia/luke,
+    notebooks/huggingface_conll_2003.ipynb): argmax, drop NIL, stable sort by max logit,
+    greedy. The project's one deliberately independent reference for the component's
+    decoding (the tests use it too). Words in `preset` are already taken; labels are ids, or
+    names through `id2label`. RETURNS sorted (start, end, label)."""
     candidates = []
     for k, (ws, we) in enumerate(word_spans):
-        row = logits[k]
-        idx = int(row.argmax())
+        row = [float(x) for x in logits[k]]
+        best = max(row)
+        idx = row.index(best)
         if idx != 0:
-            candidates.append((float(row[idx]), (ws, we), id2label[idx]))
-    tags = ["O"] * n
+            candidates.append((best, (ws, we), idx if id2label is None else id2label[idx]))
+    free = [w not in set(preset) for w in range(n_words)]
     entities = []
     for _, (ws, we), label in sorted(candidates, key=lambda c: c[0], reverse=True):
-        if all(tag == "O" for tag in tags[ws:we]):
-            tags[ws] = "B-" + label
-            tags[ws + 1 : we] = ["I-" + label] * (we - ws - 1)
+        if all(free[ws:we]):
+            free[ws:we] = [False] * (we - ws)
             entities.append((ws, we, label))
     return sorted(entities)
 
@@ -98,7 +106,7 @@ class TransformersReference:
         inputs = self.tokenizer(text, entity_spans=char_spans, return_tensors="pt")
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         logits = self.model(**inputs).logits[0].float().cpu().numpy()
-        entities = notebook_decode(word_spans, logits, self.id2label, len(words))
+        entities = notebook_decode(word_spans, logits, len(words), self.id2label)
         return entities, dict(zip(word_spans, logits))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,25 +21,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
 
 
-def notebook_decode(word_spans, logits, n_words, id2label=None, preset=()):
-    """The decode loop of LUKE's CoNLL notebook (studio-ousia/luke,
-    notebooks/huggingface_conll_2003.ipynb), on plain lists:
-    an independent reference for the component's decoding. Words in `preset` are already
-    taken; labels are ids, or names through `id2label`. RETURNS sorted (start, end, label)."""
-    cand = []
-    for k, (ws, we) in enumerate(word_spans):
-        row = [float(x) for x in logits[k]]
-        m = max(row)
-        idx = row.index(m)
-        if idx != 0:
-            cand.append((m, (ws, we), idx if id2label is None else id2label[idx]))
-    free = [w not in set(preset) for w in range(n_words)]
-    ents = []
-    for _m, (ws, we), label in sorted(cand, key=lambda c: c[0], reverse=True):
-        if all(free[ws:we]):
-            free[ws:we] = [False] * (we - ws)
-            ents.append((ws, we, label))
-    return sorted(ents)
+def load_script(name: str):
+    """A module of the project's scripts/ folder."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_project_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The one independent reference for decoding: the notebook's loop, as the project's
+# `reference` step runs it.
+notebook_decode = load_script("reference").notebook_decode
 
 
 def recipe_context(L: int, R: int, S: int, max_length: int = 510):

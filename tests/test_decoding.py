@@ -4,36 +4,31 @@ from __future__ import annotations
 
 import numpy
 import pytest
+from conftest import notebook_decode
 
 from luke_spacy.decoding import decode_logits
 
 ID2LABEL = {0: "NIL", 1: "MISC", 2: "PER", 3: "ORG", 4: "LOC"}
 
 
-def notebook_tags(word_spans, logits, n_words, preset=None):
-    """The decode loop of LUKE's CoNLL notebook (studio-ousia/luke,
-    notebooks/huggingface_conll_2003.ipynb)."""
-    cand = []
-    for k, (ws, we) in enumerate(word_spans):
-        row = list(logits[k])
-        idx = row.index(max(row))
-        m = max(row)
-        if idx != 0:
-            cand.append((m, (ws, we), ID2LABEL[idx]))
+def tagged(entities, n_words, preset=None):
+    """BIO tags of (start, end, label name) entities over preset tags."""
     tags = list(preset) if preset is not None else ["O"] * n_words
-    for _m, (ws, we), lab in sorted(cand, key=lambda c: c[0], reverse=True):
-        if all(t == "O" for t in tags[ws:we]):
-            tags[ws] = "B-" + lab
-            tags[ws + 1 : we] = ["I-" + lab] * (we - ws - 1)
+    for s, e, label in entities:
+        tags[s] = "B-" + label
+        tags[s + 1 : e] = ["I-" + label] * (e - s - 1)
     return tags
+
+
+def notebook_tags(word_spans, logits, n_words, preset=None):
+    """Tags from the notebook's decode loop (the reference), preset words taken."""
+    taken = [i for i, tag in enumerate(preset or []) if tag != "O"]
+    found = notebook_decode(word_spans, logits, n_words, ID2LABEL, preset=taken)
+    return tagged(found, n_words, preset)
 
 
 def to_tags(accepted, n_words, preset=None):
-    tags = list(preset) if preset is not None else ["O"] * n_words
-    for (s, e), label, _k in accepted:
-        tags[s] = "B-" + ID2LABEL[label]
-        tags[s + 1 : e] = ["I-" + ID2LABEL[label]] * (e - s - 1)
-    return tags
+    return tagged([(s, e, ID2LABEL[label]) for (s, e), label, _k in accepted], n_words, preset)
 
 
 def one_hot(label, score, n_labels=5, rest=-1.0):

@@ -8,12 +8,12 @@ attention, a model instance of its own), and each sentence is decoded greedily.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import pytest
 import spacy
 import torch
-from conftest import shared_path
+from conftest import notebook_decode, shared_path
 from spacy.tokens import Doc
 from transformers import LukeForEntitySpanClassification
 
@@ -32,22 +32,6 @@ def sentence_starts(document: List[List[str]]) -> List[int]:
     for s in document:
         out.append(start)
         start += len(s)
-    return out
-
-
-def greedy(spans, logits: torch.Tensor, labels: Sequence[str]) -> Set[Tuple[int, int, str]]:
-    """Drop NIL (label 0), stable-sort by max logit (descending), keep non-overlapping."""
-    best, label = logits.max(dim=-1)
-    best, label = best.tolist(), label.tolist()
-    order = sorted((k for k in range(len(spans)) if label[k] != 0), key=lambda k: -best[k])
-    taken: Set[int] = set()
-    out = set()
-    for k in order:
-        start, end = spans[k]
-        if taken.intersection(range(start, end)):
-            continue
-        taken.update(range(start, end))
-        out.add((start, end, labels[label[k]]))
     return out
 
 
@@ -91,7 +75,12 @@ def b1_entities(pipe, model, docs, documents) -> List[List[Set[Entity]]]:
             if (d, s) not in spans:
                 per_sentence.append(set())
                 continue
-            found = greedy(spans[(d, s)], torch.cat(logits[(d, s)]), labels)
+            found = notebook_decode(
+                spans[(d, s)],
+                torch.cat(logits[(d, s)]).tolist(),
+                len(document[s]) + start,
+                dict(enumerate(labels)),
+            )
             per_sentence.append({(a - start, b - start, lab) for a, b, lab in found})
         result.append(per_sentence)
     return result

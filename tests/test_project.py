@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,18 +11,11 @@ from pathlib import Path
 
 import pytest
 import spacy
-from conftest import shared_path
+from conftest import load_script, shared_path
 from spacy.training import Corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_project_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_project_yml_is_valid():
@@ -71,7 +63,7 @@ def test_gold_sentences_keeps_gold_boundaries(tmp_path):
         assert not next(iter(Corpus(tmp_path / "d.spacy")(nlp))).predicted.has_annotation(
             "SENT_START"
         )
-        _load_script("gold_sentences")
+        load_script("gold_sentences")
         eg = next(iter(Corpus(tmp_path / "d.spacy")(nlp)))
     finally:
         Corpus._make_example = original
@@ -79,7 +71,7 @@ def test_gold_sentences_keeps_gold_boundaries(tmp_path):
 
 
 def test_notebook_decode():
-    reference = _load_script("reference")
+    reference = load_script("reference")
     import numpy
 
     spans = [(0, 1), (0, 2), (1, 2), (2, 3)]
@@ -87,7 +79,7 @@ def test_notebook_decode():
         [[0, 3, 0], [0, 0, 5], [1, 0, 0], [0, 2, 2]],
         dtype="f",  # ties: first max (label 1)
     )
-    ents = reference.notebook_decode(spans, logits, {0: "NIL", 1: "PER", 2: "LOC"}, 3)
+    ents = reference.notebook_decode(spans, logits, 3, {0: "NIL", 1: "PER", 2: "LOC"})
     assert ents == [(0, 2, "LOC"), (2, 3, "PER")]
 
 
@@ -169,7 +161,7 @@ def test_check_package_installs_outside_this_checkout(monkeypatch):
     release (a CPU build stays a CPU build)."""
     import torch
 
-    check = _load_script("check_package")
+    check = load_script("check_package")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     assert "PYTHONPATH" not in check.outside_env()
     assert check.torch_requirement() == "torch==" + torch.__version__.split("+")[0]
