@@ -62,6 +62,11 @@ class LukeRuntime:
         # The process that last ran torch here; a fork since then needs one thread (see run).
         self._pid: Optional[int] = None
 
+    def __getstate__(self) -> Dict[str, object]:
+        # A pickled runtime (spawn, or a pipeline pickled to disk) runs in a fresh process,
+        # not a fork: it must not inherit the guard's record of who ran torch.
+        return {**self.__dict__, "_pid": None}
+
     @property
     def is_loaded(self) -> bool:
         """Whether the checkpoint is in memory (loaded, initialized or read from disk)."""

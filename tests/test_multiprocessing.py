@@ -86,3 +86,12 @@ def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
+
+
+def test_a_pickled_pipeline_keeps_its_threads(tiny_luke):
+    """Only a fork needs one thread: a pipeline unpickled in a fresh process (spawn, or loaded
+    from a pickle later) does not count as forked from the process that pickled it."""
+    nlp = make_nlp(tiny_luke)
+    nlp(TEXTS[0])
+    clone = pickle.loads(pickle.dumps(nlp))
+    assert clone.get_pipe("luke_ner").runtime._pid is None
