@@ -20,6 +20,7 @@ from thinc.api import Config, Model
 
 from .annotation import scored_span_group, trf_data, word_spans
 from .checkpoint import check_saved_labels, peek_labels
+from .corpus import sentence_ranges
 from .decoding import decode_sentence
 from .encoding import Pass, batch_by_budget, plan_doc
 from .runtime import LukeRuntime
@@ -182,29 +183,14 @@ class LukeEntityRecognizer(TrainablePipe):
             logger.info("luke_ner: %s", report.describe())
 
     def sentences(self, doc: Doc) -> List[Tuple[int, int]]:
-        """The sentence word ranges the component scores.
-
-        `doc.sents` when the Doc has sentence boundaries; otherwise the boundaries spaCy's
-        rule-based Sentencizer would set (punctuation), without writing them to the Doc.
-        Sentences longer than the window are split further by the windowing, never truncated.
-        """
-        if len(doc) == 0:
-            return []
-        if doc.has_annotation("SENT_START"):
-            return [(sent.start, sent.end) for sent in doc.sents]
-        starts = [i for i, is_start in enumerate(self._sentencizer.predict([doc])[0]) if is_start]
-        starts = starts if starts and starts[0] == 0 else [0, *starts]
-        return list(zip(starts, [*starts[1:], len(doc)]))
+        """The sentence word ranges the component scores (see `corpus.sentence_ranges`)."""
+        return sentence_ranges(doc, self._sentencizer)
 
     def plan(
         self, docs: Sequence[Doc], sentences: Optional[Sequence[List[Tuple[int, int]]]] = None
     ) -> List[Pass]:
-        """The passes that score every candidate span of the Docs.
-
-        docs (Sequence[Doc]): The Docs.
-        sentences (Optional[Sequence[List[Tuple[int, int]]]]): Sentence ranges of each Doc;
-            `self.sentences(doc)` when None.
-        """
+        """The passes that score every candidate span of the Docs, in the Docs' sentences
+        (`sentences`, one list of ranges per Doc) or `self.sentences(doc)`."""
         return list(self._passes(docs, sentences))
 
     def predict(self, docs: Iterable[Doc]) -> List[DocEntities]:
@@ -277,12 +263,9 @@ class LukeEntityRecognizer(TrainablePipe):
                 doc._.trf_data = pred.trf_data
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
-        """Process a stream of Docs; forward passes are batched across the Docs of a batch.
-
-        The batch size only sets how many Docs are buffered; forward batches are bounded by
-        `max_batch_items` whatever it is. When a batch fails, its Docs are run one by one, so
-        only the Doc that fails reaches the error handler (`nlp.set_error_handler`) and the
-        others come out annotated.
+        """Process a stream of Docs; forward batches span the Docs of a batch but stay within
+        `max_batch_items`. When a batch fails, its Docs are run one by one, so only the Doc
+        that fails reaches the error handler (`nlp.set_error_handler`).
 
         stream (Iterable[Doc]): A stream of documents.
         batch_size (int): The number of documents to buffer.
