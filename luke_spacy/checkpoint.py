@@ -48,23 +48,23 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded or cannot do span classification."""
 
 
-def check_folder(path: Path) -> Dict[str, Any]:
+def check_folder(path: Path) -> Dict[str, List[int]]:
     """Check that a local checkpoint folder has every file luke_ner reads, unbroken.
 
     path (Path): The folder.
-    RETURNS (Dict[str, Any]): The content of its config.json.
+    RETURNS (Dict[str, List[int]]): The tensor shapes of its model.safetensors (empty for
+        other weight formats), for `check_weight_shapes`.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(_missing_folder(str(path)))
-    config = read_config(path)
+    read_config(path)
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise CheckpointError(
             f"The checkpoint folder '{path}' has no weights ({WEIGHTS_NAME} or "
             "pytorch_model.bin): the copy or download is incomplete."
         )
-    if (path / WEIGHTS_NAME).is_file():
-        safetensors_shapes(path / WEIGHTS_NAME)
+    shapes = safetensors_shapes(path / WEIGHTS_NAME) if (path / WEIGHTS_NAME).is_file() else {}
     tokenizer_config = read_json(
         path / TOKENIZER_CONFIG_NAME,
         "the tokenizer settings; without it the tokenizer falls back on defaults such as "
@@ -79,7 +79,7 @@ def check_folder(path: Path) -> Dict[str, Any]:
             )
     if tokenizer_class == "MLukeTokenizer" and not has_sentencepiece():
         raise CheckpointError(f"'{path}' is an mLUKE checkpoint. {SENTENCEPIECE_MISSING}")
-    return config
+    return shapes
 
 
 def read_config(path: Path) -> Dict[str, Any]:
@@ -141,17 +141,17 @@ def safetensors_shapes(file: Path) -> Dict[str, List[int]]:
     return shapes
 
 
-def check_weight_shapes(path: Path, config: Any, *, head: bool = True) -> None:
+def check_weight_shapes(
+    path: Path, shapes: Dict[str, List[int]], config: Any, *, head: bool = True
+) -> None:
     """Check that config.json's sizes (hidden size, vocabulary, labels) fit the weights.
 
-    path (Path): A local folder with model.safetensors (other weight formats are not read).
+    path (Path): The local checkpoint folder (for the message).
+    shapes (Dict[str, List[int]]): Its weights' shapes, from `check_folder` (empty when they
+        are not safetensors, which are not read).
     config (LukeConfig): The checkpoint's config.
     head (bool): Also check the classifier against the config's number of labels.
     """
-    file = Path(path) / WEIGHTS_NAME
-    if not file.is_file():
-        return
-    shapes = safetensors_shapes(file)
     hidden = config.hidden_size
     expected = {
         "embeddings.word_embeddings.weight": (

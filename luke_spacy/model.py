@@ -19,7 +19,6 @@ from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpa
 from .checkpoint import (
     NO_ENTITY_LABELS,
     SPAN_CLASSIFIER,
-    WEIGHTS_NAME,
     CheckpointError,
     check_folder,
     check_weight_shapes,
@@ -31,8 +30,6 @@ from .checkpoint import (
     tokenizer_settings,
     verify_tokenizer_settings,
 )
-
-__all__ = ["CheckpointError", "SPAN_CLASSIFIER", "WEIGHTS_NAME"]
 
 # Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
 NO_ENTITY = "NIL"
@@ -302,8 +299,8 @@ def load_checkpoint(
         config.architectures = [SPAN_CLASSIFIER]
     if is_local:
         # transformers hides the cause of an incomplete folder: check its files first.
-        check_folder(Path(name))
-        check_weight_shapes(Path(name), config, head=labels is None)
+        shapes = check_folder(Path(name))
+        check_weight_shapes(Path(name), shapes, config, head=labels is None)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as err:  # any cause: transformers reports many as a missing package
