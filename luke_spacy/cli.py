@@ -261,10 +261,6 @@ def run_annotate(args: argparse.Namespace) -> int:
     if show_progress and len(files) == len(sources) and all(path.is_file() for path in files):
         total = sum(_count_lines(path) for path in files)
     nlp, spans_keys = _load(args)
-    # luke_ner streams long Docs (passes are planned lazily and sentences decoded as they
-    # complete), so spaCy's guard against the memory of long Docs in other components would
-    # only turn long texts into errors.
-    nlp.max_length = sys.maxsize
     items = _read_args(texts) if texts is not None else _read_sources(sources, args.text_field)
     output = Output(args.output)
     progress = None
@@ -324,8 +320,7 @@ def _annotate(
 ) -> int:
     """Annotate and write every item in order; report and handle bad ones per --on-error.
     Good records are also added to the `--html` page when there is one."""
-    from .loading import one_line
-    from .records import doc_to_record, error_record
+    from .records import doc_to_record, error_record, pipeline_error
 
     n_items = n_failed = 0
     for item, result in _pipe(nlp, items, args.batch_size):
@@ -334,7 +329,7 @@ def _annotate(
             _say(f"warning: {item.source}: {item.warning}", progress)
         error = item.error
         if isinstance(result, Exception):
-            error = f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
+            error = pipeline_error(result)
         if error is None:
             record = doc_to_record(result, spans_keys, item.meta)
             output.write(record)

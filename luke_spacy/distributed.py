@@ -238,8 +238,7 @@ class LukeAnnotator:
         `MIN_BATCH_ITEMS`; then, or on any other error, `records.run_isolated` runs each
         text alone and a text that still fails gets the local engine's error message.
         """
-        from .loading import one_line
-        from .records import doc_to_record, run_isolated
+        from .records import doc_to_record, pipeline_error, run_isolated
 
         budgets = [proc.settings.max_batch_items for proc in self.components]
         try:
@@ -255,7 +254,7 @@ class LukeAnnotator:
             for proc, budget in zip(self.components, budgets):
                 _set_budget(proc, budget)
         return [
-            f"the pipeline failed on this text: {type(result).__name__}: {one_line(result)}"
+            pipeline_error(result)
             if isinstance(result, Exception)
             else doc_to_record(result, self.spans_keys)["entities"]
             for result in results

@@ -5,6 +5,7 @@ run the same pipeline for the same arguments.
 """
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -46,8 +47,8 @@ def load_pipeline(
         "dtype": "bfloat16"}, applied as config overrides so that they are validated.
     sentencizer (Optional[bool]): Add spaCy's sentencizer before luke_ner; None adds it to a
         blank pipeline, and to a saved one only when no earlier component sets sentences.
-    RETURNS (Tuple[Language, List[str]]): The pipeline and the spans keys of its luke_ner
-        components.
+    RETURNS (Tuple[Language, List[str]]): The pipeline, with spaCy's `max_length` lifted
+        (luke_ner streams long Docs), and the spans keys of its luke_ner components.
     RAISES (CheckpointError): The checkpoint cannot be loaded.
     RAISES (ValueError): Invalid arguments or settings, or no luke_ner in the pipeline.
     RAISES (OSError): The pipeline cannot be read.
@@ -84,6 +85,10 @@ def load_pipeline(
         sentencizer = pipeline is None or not _sets_sentences(nlp, names[0])
     if sentencizer and "sentencizer" not in nlp.pipe_names:
         nlp.add_pipe("sentencizer", before=names[0])
+    # luke_ner streams long Docs (passes are planned lazily and sentences decoded as they
+    # complete), so spaCy's guard against the memory of long Docs would only turn long texts
+    # into errors, in every engine that loads through here.
+    nlp.max_length = sys.maxsize
     spans_keys = [nlp.get_pipe(name).settings.spans_key for name in names]
     return nlp, [key for key in spans_keys if key is not None]
 

@@ -91,6 +91,13 @@ def error_record(
     return record
 
 
+def pipeline_error(err: BaseException) -> str:
+    """The error of a text that made the pipeline raise, as both engines report it."""
+    from .loading import one_line
+
+    return f"the pipeline failed on this text: {type(err).__name__}: {one_line(err)}"
+
+
 def run_isolated(nlp: Language, texts: Sequence[str]) -> List[Union[Doc, Exception]]:
     """Run the pipeline on a batch of texts so that a text that makes it raise fails alone.
 
