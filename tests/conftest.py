@@ -92,3 +92,17 @@ def tiny_luke_real_bpe(tmp_path_factory) -> Path:
     return build_random_checkpoint(
         tmp_path_factory.mktemp("tiny_luke_bpe"), bpe_dir=bpe, classifier_std=1.0
     )
+
+
+@pytest.fixture()
+def small_max_length(monkeypatch) -> int:
+    """Blank pipelines get spaCy's `max_length` = 20, so ordinary test texts are "too long"."""
+    blank = spacy.blank
+
+    def small_blank(lang: str):
+        nlp = blank(lang)
+        nlp.max_length = 20
+        return nlp
+
+    monkeypatch.setattr(spacy, "blank", small_blank)
+    return 20

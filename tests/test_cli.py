@@ -425,20 +425,10 @@ def test_stdin_bytes_not_utf8(tiny_luke, capsys, monkeypatch):
     assert problems(err) == ["<stdin>:2"] and "not UTF-8 (byte 4: invalid" in err
 
 
-def test_texts_longer_than_max_length(tiny_luke, capsys, monkeypatch):
-    import spacy
-
-    blank = spacy.blank
-
-    def small_blank(lang: str):
-        nlp = blank(lang)
-        nlp.max_length = 20
-        return nlp
-
-    monkeypatch.setattr(spacy, "blank", small_blank)
+def test_texts_longer_than_max_length(tiny_luke, capsys, small_max_length):
     code, out, err = run_cli(capsys, ["annotate", "--model", str(tiny_luke), *TEXTS])
     assert code == 0 and err == ""
-    assert max(len(text) for text in TEXTS) > 20
+    assert max(len(text) for text in TEXTS) > small_max_length
     check_records(parse(out), TEXTS)
 
 

@@ -210,27 +210,17 @@ def test_a_text_that_raises_is_retried_alone(tiny_luke):
         assert rows[i]["entities"] == alone
 
 
-def test_texts_longer_than_max_length_are_annotated_as_locally(tiny_luke, monkeypatch):
+def test_texts_longer_than_max_length_are_annotated_as_locally(tiny_luke, request):
     """Both engines load through `load_pipeline`, which lifts spaCy's `max_length` (luke_ner
     streams long Docs): a long text gets its entities, not an error row."""
-    import spacy
-
-    blank = spacy.blank
-
-    def small_blank(lang: str):
-        nlp = blank(lang)
-        nlp.max_length = 20
-        return nlp
-
-    monkeypatch.setattr(spacy, "blank", small_blank)
-    annotator = LukeAnnotator(model=str(tiny_luke), threads=1)
     docs = texts(3)
-    assert min(len(text) for text in docs) > 20
+    clean = LukeAnnotator(model=str(tiny_luke), threads=1)
+    expected = clean(pa.table({"id": list("abc"), "text": docs})).to_pylist()
+    assert min(len(text) for text in docs) > request.getfixturevalue("small_max_length")
+    annotator = LukeAnnotator(model=str(tiny_luke), threads=1)
     rows = annotator(pa.table({"id": list("abc"), "text": docs})).to_pylist()
     assert [row["error"] for row in rows] == [None, None, None]
-    monkeypatch.setattr(spacy, "blank", blank)
-    clean = LukeAnnotator(model=str(tiny_luke), threads=1)
-    assert rows == clean(pa.table({"id": list("abc"), "text": docs})).to_pylist()
+    assert rows == expected
 
 
 def test_cuda_out_of_memory_halves_the_budget_then_gives_up(tiny_luke):
