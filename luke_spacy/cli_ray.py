@@ -131,6 +131,12 @@ def run_ray(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     lost = done is None and rows_out != rows_in
+    if lost:
+        print(
+            f"{PROG}: error: {rows_in} rows in but {rows_out} rows out: rerun with --resume "
+            f"{args.output} for missing rows, and deduplicate on id for repeated ones",
+            file=sys.stderr,
+        )
     return 1 if errors or lost else 0
 
 
