@@ -60,8 +60,8 @@ PROBE_WORDS = (
     "a" * 40,
     "Donaudampfschifffahrtsgesellschaftskapitän",
 )
-# Word types kept in a WordTokenizer's cache (~330 bytes each): a stream of new vocabulary
-# cannot grow memory beyond a few tens of MB, and all CoNLL-2003 word types fit.
+# Word types kept in a WordTokenizer's cache (200-330 bytes each, measured): a stream of new
+# vocabulary cannot grow memory beyond a few tens of MB, and all CoNLL-2003 word types fit.
 CACHE_SIZE = 50_000
 
 
