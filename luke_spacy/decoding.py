@@ -69,13 +69,30 @@ def decode_logits(
     RETURNS (List[Tuple[Span, int, int]]): (span, label id, row of `logits`) of each accepted
         entity, in acceptance order.
     """
+    return _decode(spans, logits, no_entity_id, taken, threshold)[0]
+
+
+def _decode(
+    spans: Sequence[Span],
+    logits: numpy.ndarray,
+    no_entity_id: int,
+    taken: Iterable[int],
+    threshold: float,
+) -> Tuple[List[Tuple[Span, int, int]], numpy.ndarray]:
+    """`decode_logits`, and the probability of each accepted entity's label.
+
+    The softmax is computed once, over the spans whose best label is an entity type: the
+    threshold and the entities' scores both read it.
+    """
     logits = numpy.asarray(logits)
     if len(logits) == 0:
-        return []
+        return [], numpy.zeros(0)
     label_ids = logits.argmax(axis=1)
     keep = numpy.flatnonzero(label_ids != no_entity_id)
+    probs = softmax(logits[keep]).max(axis=1) if len(keep) else numpy.zeros(0)
     if threshold > 0.0 and len(keep):
-        keep = keep[softmax(logits[keep]).max(axis=1) >= threshold]
+        likely = probs >= threshold
+        keep, probs = keep[likely], probs[likely]
     found = greedy_decode(
         [(s, e) for s, e in numpy.asarray(spans)[keep].tolist()],
         logits[keep].max(axis=1).tolist(),
@@ -83,7 +100,8 @@ def decode_logits(
         no_entity_id=no_entity_id,
         taken=taken,
     )
-    return [(span, label, int(keep[k])) for span, label, k in found]
+    accepted = [(span, label, int(keep[k])) for span, label, k in found]
+    return accepted, probs[[k for _, _, k in found]]
 
 
 def softmax(x: numpy.ndarray) -> numpy.ndarray:
@@ -110,10 +128,9 @@ def decode_sentence(
         ids and (k,) softmax probabilities of the accepted entities, in acceptance order.
     """
     lo, hi = (int(spans[:, 0].min()), int(spans[:, 1].max())) if len(spans) else (0, 0)
-    accepted = decode_logits(
-        spans, logits, taken=[i for i in range(lo, hi) if i in taken], threshold=threshold
+    accepted, probs = _decode(
+        spans, logits, 0, [i for i in range(lo, hi) if i in taken], threshold
     )
     rows = [k for _, _, k in accepted]
     labels = numpy.asarray([label for _, label, _ in accepted], "i")
-    probs = softmax(logits[rows]).max(axis=1) if rows else numpy.zeros(0)
     return numpy.asarray(spans)[rows].reshape(-1, 2), labels, probs
