@@ -104,6 +104,12 @@ def component(nlp: Any) -> Any:
     return nlp.get_pipe("luke_ner")
 
 
+def model_inputs(nlp: Any, passes: Sequence[Any], device: str) -> Dict[str, torch.Tensor]:
+    """The component's model inputs for passes (its `collate`), as tensors on `device`."""
+    arrays = component(nlp).runtime.collate(passes)
+    return {key: torch.from_numpy(value).to(device) for key, value in arrays.items()}
+
+
 def scorer_of(nlp: Any) -> Any:
     from luke_spacy.model import get_scorer
 
@@ -214,13 +220,13 @@ def b1_predict(
         the number of forward passes.
     """
     pipe = component(nlp)
-    passes = pipe.plan(docs)
+    passes = pipe.runtime.plan(docs)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     spans: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     logits: Dict[Tuple[int, int], List[torch.Tensor]] = {}
     with torch.inference_mode():
         for p in progress(passes, desc="B1", unit="pass"):
-            batch = pipe.runtime.collate([p], device)
+            batch = model_inputs(nlp, [p], device)
             out = model(**batch)
             if flops is not None:
                 n = p.length + len(p.spans)

@@ -22,7 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import component, load_hf, load_pipeline, read_conll, write_json  # noqa: E402
+from common import (  # noqa: E402
+    component,
+    load_hf,
+    load_pipeline,
+    model_inputs,
+    read_conll,
+    write_json,
+)
 
 from luke_spacy.conll import words_doc  # noqa: E402
 
@@ -47,10 +54,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     pipe = component(nlp)
     _, b1_model = load_hf(args.model, "cpu")
     _, ours_model = load_hf(args.model, "cpu")
-    passes = pipe.plan([words_doc(nlp.vocab, d) for d in documents])
+    passes = pipe.runtime.plan([words_doc(nlp.vocab, d) for d in documents])
 
     def batch(passes):
-        return pipe.runtime.collate(passes, "cpu")
+        return model_inputs(nlp, passes, "cpu")
 
     def timed(model, inputs_list) -> float:
         start = time.perf_counter()

@@ -126,11 +126,11 @@ def ours_method(nlp, batch_size: int) -> Run:
             if flops is not None:
                 flops.add_batch(rows, width, [p.length + len(p.spans) for p in batch_passes])
 
-        component(nlp).on_batch = count
+        component(nlp).runtime.on_batch = count
         try:
             done = list(progress(nlp.pipe(docs, batch_size=batch_size), total=len(docs)))
         finally:
-            component(nlp).on_batch = None
+            component(nlp).runtime.on_batch = None
         entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
         extra = {
             "forward_batches": len(batches),

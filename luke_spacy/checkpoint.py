@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -285,65 +284,6 @@ def is_hub_id(name: str) -> bool:
     except HFValidationError:
         return False
     return True
-
-
-def peek_labels(name: str, revision: str = "main") -> List[str]:
-    """The labels of a checkpoint from its config.json alone, without the network.
-
-    A local folder is checked (`check_folder`) and fails here when it does not exist or is
-    incomplete. A hub id is looked up in the Hugging Face cache only. Where spaCy builds the
-    pipeline from a config (`spacy.load`, `spacy assemble`), nothing is read: the weights come
-    from the saved pipeline or from `initialize`, and the named folder need not exist.
-
-    name (str): Hub id or local folder.
-    revision (str): Hub revision.
-    RETURNS (List[str]): The labels, no-entity class first; empty when unknown here.
-    """
-    if _building_from_config():
-        return []
-    is_local = os.path.isdir(name)
-    if is_local:
-        config: Optional[Dict[str, Any]] = read_config(Path(name))
-        where = f"'{Path(name) / CONFIG_NAME}'"
-    else:
-        message = missing_local_folder(name)
-        if message is not None:
-            raise CheckpointError(message)
-        config = _cached_config(name, revision)
-        where = f"the config.json of '{name}'"
-    if not config or SPAN_CLASSIFIER not in (config.get("architectures") or []):
-        return []  # what is wrong depends on the use (training or not): reported on loading
-    if is_local:
-        check_folder(Path(name))
-    try:
-        return labels_from_id2label(config.get("id2label") or {}, where)
-    except CheckpointError:
-        return []  # reported when the checkpoint is loaded, where it is known what for
-
-
-def _cached_config(name: str, revision: str) -> Optional[Dict[str, Any]]:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        file = try_to_load_from_cache(name, CONFIG_NAME, revision=revision)
-        if not isinstance(file, str):
-            return None
-        return json.loads(Path(file).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _building_from_config() -> bool:
-    """Whether spaCy's `Language.from_config` is on the call stack."""
-    from spacy.language import Language
-
-    code = Language.from_config.__func__.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def has_sentencepiece() -> bool:

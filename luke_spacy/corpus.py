@@ -1,4 +1,4 @@
-"""Sentences as luke_ner scores them, and a corpus reader that keeps gold sentence boundaries.
+"""A corpus reader that keeps gold sentence boundaries on the predicted Docs.
 
 spaCy's `Corpus` builds each Example's predicted Doc from the gold words (or text) alone, so
 gold sentence boundaries are lost and luke_ner falls back to punctuation-based sentences.
@@ -11,29 +11,12 @@ the gold words.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 from spacy.language import Language
-from spacy.pipeline import Sentencizer
 from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 from spacy.util import registry
-
-
-def sentence_ranges(doc: Doc, sentencizer: Sentencizer) -> List[Tuple[int, int]]:
-    """The sentence word ranges luke_ner scores, end exclusive.
-
-    `doc.sents` when the Doc has sentence boundaries; otherwise the boundaries spaCy's
-    rule-based Sentencizer would set (punctuation), without writing them to the Doc.
-    Sentences longer than the window are split further by the windowing, never truncated.
-    """
-    if len(doc) == 0:
-        return []
-    if doc.has_annotation("SENT_START"):
-        return [(sent.start, sent.end) for sent in doc.sents]
-    starts = [i for i, is_start in enumerate(sentencizer.predict([doc])[0]) if is_start]
-    starts = starts if starts and starts[0] == 0 else [0, *starts]
-    return list(zip(starts, [*starts[1:], len(doc)]))
 
 
 def same_words(a: Doc, b: Doc) -> bool:

@@ -20,7 +20,6 @@ whose `error` is null.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -252,7 +251,7 @@ class LukeAnnotator:
             results = run_isolated(self.nlp, texts)
         finally:
             for proc, budget in zip(self.components, budgets):
-                _set_budget(proc, budget)
+                proc.set_max_batch_items(budget)
         return [
             pipeline_error(result)
             if isinstance(result, Exception)
@@ -268,7 +267,7 @@ class LukeAnnotator:
         if not budgets or budgets[0] <= MIN_BATCH_ITEMS:
             return False
         for proc, budget in zip(self.components, budgets):
-            _set_budget(proc, max(MIN_BATCH_ITEMS, budget // 2))
+            proc.set_max_batch_items(max(MIN_BATCH_ITEMS, budget // 2))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True
@@ -484,12 +483,6 @@ def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any
         "luke_spacy": __version__,
         "components": components,
     }
-
-
-def _set_budget(proc: Any, max_batch_items: int) -> None:
-    """Set a luke_ner component's forward budget (its settings, and their `cfg` view)."""
-    proc.settings = dataclasses.replace(proc.settings, max_batch_items=max_batch_items)
-    proc.cfg["max_batch_items"] = max_batch_items
 
 
 def _assigned_gpu() -> int:

@@ -1,4 +1,8 @@
-"""Model inputs of LUKE's NER recipe: passes (one window, one chunk of spans) and batches."""
+"""Model inputs of LUKE's NER recipe: passes (one window, one chunk of spans) and batches.
+
+Pure functions over subword ids (numpy, no torch or spaCy): `collate` gives the padded arrays
+that any backend feeds its network (torch tensors are made from them without a copy on CPU).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
-import torch
+import numpy
 
 from .windowing import Span, Unit, equal_chunks, sentence_units, subword_offsets, window_for
 
@@ -49,7 +53,7 @@ class Pass:
 
 @dataclass(frozen=True)
 class RecipeSettings:
-    """The knobs of the recipe, with the paper's values as defaults.
+    """The knobs of the recipe (`NerSettings.recipe` gives them with their defaults).
 
     max_mention_length (int): Longest candidate span, in subwords.
     max_entity_length (int): Most candidate spans in one pass.
@@ -57,10 +61,28 @@ class RecipeSettings:
     document_context (bool): Fill the window with the Doc around the sentence.
     """
 
-    max_mention_length: int = 16
-    max_entity_length: int = 128
-    max_length: int = 510
-    document_context: bool = True
+    max_mention_length: int
+    max_entity_length: int
+    max_length: int
+    document_context: bool
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The checkpoint's ids that `collate` writes besides the subwords.
+
+    cls (int): The token before each window (`<s>`).
+    sep (int): The token after it (`</s>`).
+    pad (int): Word padding.
+    mask_entity (int): The `[MASK]` entity of every candidate span.
+    pad_entity (int): Entity padding.
+    """
+
+    cls: int
+    sep: int
+    pad: int
+    mask_entity: int
+    pad_entity: int
 
 
 def plan_doc(
@@ -170,46 +192,50 @@ def batch_by_budget(passes: Sequence[Pass], max_batch_items: int) -> List[List[i
 
 
 def collate(
-    passes: Sequence[Pass],
-    *,
-    cls_id: int,
-    sep_id: int,
-    pad_id: int,
-    mask_entity_id: int,
-    pad_entity_id: int,
-    max_mention_length: int,
-    device: torch.device | str = "cpu",
-) -> Dict[str, torch.Tensor]:
-    """Pad passes into the tensors `LukeForEntitySpanClassification.forward` takes.
+    passes: Sequence[Pass], ids: SpecialIds, max_mention_length: int
+) -> Dict[str, numpy.ndarray]:
+    """Pad passes into the int64 arrays `LukeForEntitySpanClassification.forward` takes.
 
     Entity position ids run over the span's subwords (`<s>` counted as position 0) and are
     padded with -1 to `max_mention_length`, as the recipe builds them.
+
+    passes (Sequence[Pass]): One forward batch.
+    ids (SpecialIds): The checkpoint's special token and entity ids.
+    max_mention_length (int): Width of the entity position ids.
+    RETURNS (Dict[str, numpy.ndarray]): input_ids, attention_mask, entity_ids,
+        entity_attention_mask, entity_position_ids, entity_start_positions and
+        entity_end_positions.
     """
     n = len(passes)
     n_words = max(p.length for p in passes)
     # At least one (masked) entity slot: a batch of span-less passes still runs.
     n_spans = max(1, max(len(p.spans) for p in passes))
-    input_ids = torch.full((n, n_words), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, n_words), dtype=torch.long)
-    entity_ids = torch.full((n, n_spans), pad_entity_id, dtype=torch.long)
-    entity_mask = torch.zeros((n, n_spans), dtype=torch.long)
-    position_ids = torch.full((n, n_spans, max_mention_length), -1, dtype=torch.long)
-    starts = torch.zeros((n, n_spans), dtype=torch.long)
-    ends = torch.zeros((n, n_spans), dtype=torch.long)
-    steps = torch.arange(max_mention_length)
+    input_ids = numpy.full((n, n_words), ids.pad, dtype=numpy.int64)
+    attention_mask = numpy.zeros((n, n_words), dtype=numpy.int64)
+    entity_ids = numpy.full((n, n_spans), ids.pad_entity, dtype=numpy.int64)
+    entity_mask = numpy.zeros((n, n_spans), dtype=numpy.int64)
+    position_ids = numpy.full((n, n_spans, max_mention_length), -1, dtype=numpy.int64)
+    starts = numpy.zeros((n, n_spans), dtype=numpy.int64)
+    ends = numpy.zeros((n, n_spans), dtype=numpy.int64)
+    steps = numpy.arange(max_mention_length, dtype=numpy.int64)
     for row, p in enumerate(passes):
-        input_ids[row, : p.length] = torch.tensor(p.input_ids(cls_id, sep_id))
+        begin, end = p.window
+        input_ids[row, 0] = ids.cls
+        input_ids[row, 1 : p.length - 1] = p.subwords[begin:end]
+        input_ids[row, p.length - 1] = ids.sep
         attention_mask[row, : p.length] = 1
         k = len(p.spans)
-        entity_ids[row, :k] = mask_entity_id
+        if not k:
+            continue
+        entity_ids[row, :k] = ids.mask_entity
         entity_mask[row, :k] = 1
-        s = torch.tensor(p.starts)
-        e = torch.tensor(p.ends)
+        s = numpy.asarray(p.starts, dtype=numpy.int64)
+        e = numpy.asarray(p.ends, dtype=numpy.int64)
         starts[row, :k] = s
         ends[row, :k] = e
         pos = s[:, None] + steps[None, :]
-        position_ids[row, :k] = torch.where(pos <= e[:, None], pos, torch.full_like(pos, -1))
-    tensors = {
+        position_ids[row, :k] = numpy.where(pos <= e[:, None], pos, -1)
+    return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "entity_ids": entity_ids,
@@ -218,4 +244,3 @@ def collate(
         "entity_start_positions": starts,
         "entity_end_positions": ends,
     }
-    return {key: value.to(device) for key, value in tensors.items()}

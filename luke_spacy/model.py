@@ -1,21 +1,32 @@
-"""The LUKE span classifier as a Thinc model: loading, forward pass and serialization."""
+"""The LUKE span classifier in torch: checkpoint loading, the Thinc shim, the torch backend
+of the model layer, and the `luke_spacy.LukeSpanClassifier.v1` architecture."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy
 import srsly
 import torch
 from spacy.util import registry
 from spacy_transformers.data_classes import HFObjects
 from spacy_transformers.layers.hf_shim import HFShim
 from spacy_transformers.util import make_tempdir
-from thinc.api import ArgsKwargs, Model
+from thinc.api import (
+    ArgsKwargs,
+    Model,
+    PyTorchGradScaler,
+    get_torch_default_device,
+    torch2xp,
+    xp2torch,
+)
 from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpanClassification
 
+from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
+from .backend import Backprop, Inputs
 from .checkpoint import (
     NO_ENTITY_LABELS,
     SPAN_CLASSIFIER,
@@ -30,7 +41,11 @@ from .checkpoint import (
     tokenizer_settings,
     verify_tokenizer_settings,
 )
+from .runtime import build_span_model
+from .settings import NerSettings
+from .tokenization import entity_ids
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
 NO_ENTITY = "NIL"
 
@@ -72,9 +87,10 @@ class LukeSpanScorer(torch.nn.Module):
 class LukeShim(HFShim):
     """HFShim for the span classifier, serialized as safetensors plus tokenizer files.
 
-    spacy-transformers' shim brings the PyTorch/Thinc plumbing (optimizer, grad scaler);
-    the serialization differs, so the weights never go through pickle, and so does the
-    training step under mixed precision (see `begin_update`).
+    spacy-transformers' shim brings the PyTorch/Thinc plumbing (optimizer ids, devices,
+    `use_params`); the serialization differs, so the weights never go through pickle, and so
+    does the training step under mixed precision (see `begin_update`), whose switch and
+    gradient scaler this shim owns (`mixed_precision`, `grad_scaler`).
     """
 
     _warned_cpu = False
@@ -82,6 +98,26 @@ class LukeShim(HFShim):
     _scaled = False
     # Autocast dtype of inference; float32 runs without autocast (exact).
     inference_dtype = torch.float32
+
+    def __init__(
+        self,
+        objects: HFObjects,
+        *,
+        mixed_precision: bool = False,
+        grad_scaler_config: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        config = dict(grad_scaler_config or {})
+        # Gradient scaling is on with mixed precision unless the config switches it off.
+        config.setdefault("enabled", mixed_precision)
+        super().__init__(
+            objects,
+            mixed_precision=mixed_precision,
+            grad_scaler_config=dict(config),
+            model_cls=LukeForEntitySpanClassification,
+        )
+        self.mixed_precision = mixed_precision
+        self.grad_scaler = PyTorchGradScaler(**config)
+        self.grad_scaler.to_(get_torch_default_device())
 
     def predict(self, inputs: ArgsKwargs):
         """Forward for inference: eval mode, no autograd, autocast to `inference_dtype`.
@@ -118,7 +154,7 @@ class LukeShim(HFShim):
 
         def backprop(grads: ArgsKwargs) -> ArgsKwargs:
             if mixed:
-                grads.kwargs["grad_tensors"] = self._grad_scaler.scale(
+                grads.kwargs["grad_tensors"] = self.grad_scaler.scale(
                     grads.kwargs["grad_tensors"], inplace=True
                 )
                 self._scaled = True
@@ -128,15 +164,24 @@ class LukeShim(HFShim):
         return output, backprop
 
     def finish_update(self, optimizer) -> None:
+        """Unscale the accumulated gradients once, then step (skipped on overflow)."""
+        scaler = self.grad_scaler
         if self._scaled:
             grads = [p.grad for p in self._model.parameters() if p.grad is not None]
             # Sets found_inf, so the step is skipped and the scale backs off on overflow.
-            self._grad_scaler.unscale(grads)
+            scaler.unscale(grads)
             self._scaled = False
-        super().finish_update(optimizer)
+        for name, param in self._model.named_parameters():
+            if param.grad is None:
+                continue
+            if not scaler.found_inf:
+                value, _ = optimizer((self.id, name), torch2xp(param.data), torch2xp(param.grad))
+                param.data = xp2torch(value, requires_grad=True, device=param.device)
+            param.grad.zero_()
+        scaler.update()
 
     def _mixed_precision_on(self) -> bool:
-        if not self._mixed_precision:
+        if not self.mixed_precision:
             return False
         if self.device.type == "cuda":
             return True
@@ -175,44 +220,169 @@ def build_luke_span_classifier(
     mixed_precision: bool = False,
     grad_scaler_config: Dict[str, Any] = {},  # noqa: B006 (config default, never mutated)
 ) -> Model:
-    """A Thinc model around a `LukeForEntitySpanClassification` checkpoint.
+    """luke_ner's Thinc model over Docs, with the torch backend on a
+    `LukeForEntitySpanClassification` checkpoint.
 
-    The checkpoint is loaded on first use (`load_weights`), not here, so that `spacy.load` of a
-    saved pipeline never looks the hub up before its own weights are read from disk.
+    The checkpoint is loaded on first use, not here, so that building a pipeline reads
+    nothing and `spacy.load` of a saved pipeline never looks the hub up before its own
+    weights are read from disk.
 
     name (str): Hugging Face hub id or local folder of the checkpoint.
     revision (str): Hub revision (branch, tag or commit).
     mixed_precision (bool): Train with autocast (GPU).
     grad_scaler_config (dict): Settings of the gradient scaler used with mixed precision.
-    RETURNS (Model): Takes a batch of tensors, returns span logits.
+    RETURNS (Model): Docs in, each sentence's scored candidate spans out (`runtime.forward`).
     """
     shim = LukeShim(
         HFObjects(None, None, None, {"name": name, "revision": revision}, {}),
         mixed_precision=mixed_precision,
-        grad_scaler_config=dict(grad_scaler_config),
-        model_cls=LukeForEntitySpanClassification,
+        grad_scaler_config=grad_scaler_config,
     )
-    return Model(
-        "luke_span_classifier",
-        _forward,
-        shims=[shim],
-        attrs={"name": name, "revision": revision},
-    )
+    return build_span_model(TorchBackend, attrs={"name": name, "revision": revision}, shims=[shim])
 
 
-def _forward(model: Model, inputs: Tuple[Dict[str, torch.Tensor], bool], is_train: bool):
-    """(batch, return_words) -> (span logits, final word states or None)."""
-    batch, return_words = inputs
-    shim: LukeShim = model.shims[0]
-    (logits, words), torch_backprop = shim(
-        ArgsKwargs(args=(batch,), kwargs={"return_words": return_words}), is_train
-    )
+class TorchBackend:
+    """The forward pass in torch on the checkpoint that the model's shim holds.
 
-    def backprop(d_logits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], bool]:
-        torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (d_logits,)}))
-        return inputs
+    The torch side of the model layer (`backend.Backend`): loading on first use, device
+    placement, autocast for inference, the attention implementation, dropout, and torch's
+    threads after a fork.
 
-    return (logits, words), backprop
+    model (Model): The Thinc model whose `LukeShim` holds the checkpoint.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._device: Optional[str] = None
+        self._dtype = "float32"
+        self._attention = "sdpa"
+        # The loaded objects the dtype, attention and dropout were applied to.
+        self._prepared: Optional[HFObjects] = None
+        self._dropout: Optional[float] = None
+        # The process that last ran torch here; a fork since then needs one thread.
+        self._pid: Optional[int] = None
+
+    def __getstate__(self) -> Dict[str, object]:
+        # A pickled backend (spawn, or a pipeline pickled to disk) runs in a fresh process,
+        # not a fork: it must not inherit the guard's record of who ran torch.
+        return {**self.__dict__, "_pid": None}
+
+    def configure(self, settings: NerSettings) -> None:
+        check_device(settings.device)
+        if (settings.dtype, settings.attention) != (self._dtype, self._attention):
+            self._prepared = None  # applied again on next use
+        self._device, self._dtype, self._attention = (
+            settings.device,
+            settings.dtype,
+            settings.attention,
+        )
+
+    @property
+    def is_loaded(self) -> bool:
+        return get_objects(self.model) is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._objects().tokenizer
+
+    @property
+    def config(self) -> Any:
+        return self._objects().transformer.config
+
+    def load(self, labels: Optional[Sequence[str]] = None) -> None:
+        load_weights(self.model, labels=labels)
+        self._objects()
+
+    def load_local(self, path: Union[str, Path]) -> None:
+        set_objects(self.model, load_checkpoint(str(path), local_files_only=True))
+        self._objects()
+
+    def save(self, path: Union[str, Path]) -> None:
+        save_checkpoint(self._objects(), Path(path))
+
+    def to_bytes(self) -> bytes:
+        self._objects()
+        return self.model.to_bytes()
+
+    def from_bytes(self, data: bytes) -> None:
+        self.model.from_bytes(data)
+        self._objects()
+
+    def predict(
+        self, inputs: Inputs, want_words: bool
+    ) -> Tuple[numpy.ndarray, Optional[numpy.ndarray]]:
+        if self._pid is not None and self._pid != os.getpid():
+            # A forked child inherits libgomp's thread pool in a state that hangs its next
+            # parallel region; one thread runs without the pool (as OMP_NUM_THREADS=1 does).
+            torch.set_num_threads(1)
+        self._pid = os.getpid()
+        device = self._place()
+        if self._dtype == "float16" and device.type == "cpu":
+            raise ValueError("dtype = 'float16' needs a GPU; use 'bfloat16' or 'float32' on CPU.")
+        logits, words = self._shim.predict(_arguments(inputs, device, want_words))
+        return (
+            logits.float().cpu().numpy(),
+            words.float().cpu().numpy() if words is not None else None,
+        )
+
+    def begin_update(
+        self, inputs: Inputs, drop: Optional[float]
+    ) -> Tuple[numpy.ndarray, Backprop]:
+        device = self._place()
+        self._set_dropout(drop)
+        (logits, _), torch_backprop = self._shim.begin_update(_arguments(inputs, device, False))
+
+        def backprop(d_logits: numpy.ndarray) -> None:
+            grad = torch.from_numpy(d_logits).to(device=logits.device, dtype=logits.dtype)
+            torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (grad,)}))
+
+        return logits.detach().float().cpu().numpy(), backprop
+
+    @property
+    def _shim(self) -> LukeShim:
+        return self.model.shims[0]
+
+    def _objects(self) -> HFObjects:
+        """The loaded tokenizer and transformer, loading the checkpoint on first use."""
+        objects = get_objects(self.model)
+        if objects is None:
+            objects = load_weights(self.model)
+        if objects is not self._prepared:
+            if self._attention == "sdpa":
+                fuse_entity_aware_attention(objects.transformer)
+            else:
+                unfuse_entity_aware_attention(objects.transformer)
+            self._shim.inference_dtype = DTYPES[self._dtype]
+            self._dropout = None  # new modules have the checkpoint's rates
+            self._prepared = objects
+        return objects
+
+    def _place(self) -> torch.device:
+        """Move the model to the configured device (or thinc's current one); return it."""
+        if self._device is not None:
+            device = torch.device(self._device)
+        else:
+            device = get_torch_default_device()
+        self._objects()
+        scorer = get_scorer(self.model)
+        if next(scorer.parameters()).device != device:
+            scorer.to(device)
+        return device
+
+    def _set_dropout(self, rate: Optional[float]) -> None:
+        """Give every dropout of the network the rate thinc's `set_dropout_rate` set."""
+        if rate is None or rate == self._dropout:
+            return
+        for module in get_scorer(self.model).modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = rate
+        self._dropout = rate
+
+
+def _arguments(inputs: Inputs, device: torch.device, want_words: bool) -> ArgsKwargs:
+    """The scorer's arguments: the collated arrays as tensors on the device."""
+    batch = {key: torch.from_numpy(value).to(device) for key, value in inputs.items()}
+    return ArgsKwargs(args=(batch,), kwargs={"return_words": want_words})
 
 
 def get_objects(model: Model) -> Optional[HFObjects]:
@@ -229,11 +399,6 @@ def get_scorer(model: Model) -> LukeSpanScorer:
 def set_objects(model: Model, objects: HFObjects) -> None:
     """Put a loaded tokenizer and span classifier into the model."""
     model.shims[0].set_objects(objects)
-
-
-def set_inference_dtype(model: Model, dtype: torch.dtype) -> None:
-    """Run inference under autocast to `dtype` (float32: no autocast)."""
-    model.shims[0].inference_dtype = dtype
 
 
 def load_weights(model: Model, labels: Optional[Sequence[str]] = None) -> HFObjects:
@@ -344,19 +509,6 @@ def check_config(name: str, config: Any, *, require_head: bool = True) -> None:
             raise CheckpointError(f"'{name}' has fewer than two labels in config.id2label.")
 
 
-def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
-    """The [MASK] and [PAD] ids of the checkpoint's entity vocabulary."""
-    vocab = getattr(tokenizer, "entity_vocab", None)
-    if not vocab or "[MASK]" not in vocab:
-        raise CheckpointError(
-            f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry "
-            "(entity_vocab.json); luke_ner needs the checkpoint's LukeTokenizer or "
-            "MLukeTokenizer with its entity_vocab.json."
-        )
-    mask_id = getattr(tokenizer, "entity_mask_token_id", vocab["[MASK]"])
-    return mask_id, getattr(tokenizer, "entity_pad_token_id", vocab.get("[PAD]", 0))
-
-
 def save_checkpoint(objects: HFObjects, path: Path) -> None:
     """Write config, safetensors weights and tokenizer files into a folder."""
     path = Path(path)
@@ -449,9 +601,3 @@ def check_device(device: Optional[str]) -> None:
             )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"luke_ner: device {device!r} cannot be used: MPS is not available.")
-
-
-def labels_of(objects: HFObjects) -> List[str]:
-    """Labels of the checkpoint in id order; label 0 is the no-entity class."""
-    id2label = objects.transformer.config.id2label
-    return [id2label[i] for i in range(len(id2label))]

@@ -1,48 +1,41 @@
-"""The `luke_ner` pipeline component: spaCy's TrainablePipe contract over `LukeRuntime`."""
+"""The `luke_ner` pipeline component: spaCy's TrainablePipe contract over the model layer.
+
+The Thinc model (`luke_spacy.LukeSpanClassifier.v1`) takes Docs: `self.model.predict(docs)`
+streams each sentence's scored candidate spans, and training runs `self.model.begin_update`
+on the forward batches of an update (see runtime.py). This module decodes and annotates.
+"""
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
-import torch
 from spacy import util
 from spacy.language import Language
-from spacy.pipeline import Sentencizer, TrainablePipe
+from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import logger
 from spacy.vocab import Vocab
-from spacy_transformers.data_classes import TransformerData
 from spacy_transformers.pipeline_component import install_extensions
-from thinc.api import Config, Model
+from thinc.api import Config, Model, set_dropout_rate
 
 from .annotation import scored_span_group, trf_data, word_spans
-from .checkpoint import check_saved_labels, peek_labels
-from .corpus import sentence_ranges
+from .checkpoint import check_saved_labels
 from .decoding import decode_sentence
-from .encoding import Pass, batch_by_budget, plan_doc
-from .runtime import LukeRuntime
-from .scheduling import DocEntities, DocScores, DocStates, ScoredSentence, score_passes
-from .settings import Attention, Context, DType, NerSettings
-from .training import Coverage, coverage, gold_doc, span_loss, span_targets
+from .isolation import run_isolated
+from .runtime import BatchScores, LukeRuntime, get_runtime
+from .scheduling import DocEntities, DocScores, ScoredSentence
+from .settings import Attention, Context, DType, NerSettings, config_defaults
+from .training import Coverage, coverage, gold_doc, gold_entities, span_loss, span_targets
 
-DEFAULT_CONFIG_STR = """
-[luke_ner]
-max_mention_length = 16
-max_entity_length = 128
-max_length = 510
-context = "document"
-max_batch_items = 4096
-device = null
-dtype = "float32"
-attention = "sdpa"
-overwrite_ents = false
-threshold = 0.0
-spans_key = "luke_ner"
-set_trf_data = false
-
+# The settings' defaults come from NerSettings; the model's are those of
+# `luke_spacy.LukeSpanClassifier.v1` (a test keeps the two equal).
+DEFAULT_CONFIG_STR = (
+    config_defaults("luke_ner")
+    + """
 [luke_ner.model]
 @architectures = "luke_spacy.LukeSpanClassifier.v1"
 name = "studio-ousia/luke-large-finetuned-conll-2003"
@@ -52,19 +45,22 @@ mixed_precision = false
 [luke_ner.scorer]
 @scorers = "spacy.ner_scorer.v1"
 """
+)
 DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
 
 
 @Language.factory(
     "luke_ner",
-    assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    # doc.spans with spans_key set (the default), doc._.trf_data with set_trf_data.
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans", "doc._.trf_data"],
     default_config=DEFAULT_CONFIG["luke_ner"],
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
 def make_luke_ner(
     nlp: Language,
     name: str,
-    model: Model,
+    # A str only to say what shape is expected instead of a type error (see below).
+    model: Union[Model, str],
     max_mention_length: int,
     max_entity_length: int,
     max_length: int,
@@ -85,6 +81,12 @@ def make_luke_ner(
     scorer (Optional[Callable]): The scoring method.
     The other arguments are the settings documented on `luke_spacy.settings.NerSettings`.
     """
+    if isinstance(model, str):
+        raise ValueError(
+            f"luke_ner: the model is a config section, not a string: write "
+            f"config={{'model': {{'name': {model!r}}}}} (in a config file, "
+            f'[components.{name}.model] name = "{model}").'
+        )
     # The factory's own arguments, so spaCy validates each setting against its type.
     given = locals()
     settings = NerSettings(**{key: given[key] for key in NerSettings.__dataclass_fields__})
@@ -108,7 +110,7 @@ class LukeEntityRecognizer(TrainablePipe):
         settings: NerSettings = NerSettings(),
         scorer: Optional[Callable] = None,
     ) -> None:
-        """Initialize the component.
+        """Initialize the component; reads nothing (the checkpoint loads on first use).
 
         vocab (Vocab): The shared vocabulary.
         model (Model): A `luke_spacy.LukeSpanClassifier.v1` model.
@@ -120,22 +122,50 @@ class LukeEntityRecognizer(TrainablePipe):
         self.model = model
         self.name = name
         self.scorer = scorer
-        self.settings = settings
-        self.runtime = LukeRuntime(model, settings)
-        # The serialized view: the settings, and what initialization learned.
-        self.cfg: Dict[str, Any] = {
-            **settings.to_dict(),
-            "labels": peek_labels(model.attrs["name"], model.attrs["revision"]),
-        }
-        # Instrumentation: called with the passes of each forward batch before it runs.
-        self.on_batch: Optional[Callable[[Sequence[Pass]], None]] = None
-        self._sentencizer = Sentencizer()
+        get_runtime(model).configure(settings)
+        # What initialization or a saved pipeline taught, beyond the checkpoint.
+        self._saved_labels: List[str] = []
+        self._coverage: Optional[Dict[str, int]] = None
         if settings.set_trf_data:
             install_extensions()
 
     @property
+    def runtime(self) -> LukeRuntime:
+        """The model layer behind `self.model`: planning, batching, the checkpoint."""
+        return get_runtime(self.model)
+
+    @property
+    def settings(self) -> NerSettings:
+        """The component's settings (held by the runtime)."""
+        return self.runtime.settings
+
+    @property
+    def cfg(self) -> Dict[str, Any]:
+        """The serialized view: the settings, the labels and what initialization learned."""
+        cfg: Dict[str, Any] = {**self.settings.to_dict(), "labels": self._label_names()}
+        if self._coverage is not None:
+            cfg["coverage"] = dict(self._coverage)
+        return cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Dict[str, Any]) -> None:
+        # spaCy's tools write it (`spacy find-threshold`): the settings in it go to their one
+        # holder, validated as at construction.
+        current = self.settings.to_dict()
+        self.runtime.configure(NerSettings(**{key: cfg.get(key, current[key]) for key in current}))
+        self._restore_cfg(cfg)
+
+    def set_max_batch_items(self, max_batch_items: int) -> None:
+        """Change the internal batch budget (padded word+span positions per forward batch).
+
+        max_batch_items (int): The new budget, a positive integer.
+        """
+        self.runtime.configure(replace(self.settings, max_batch_items=max_batch_items))
+
+    @property
     def labels(self) -> Tuple[str, ...]:
-        """The entity labels of the checkpoint (without the no-entity class)."""
+        """The entity labels (without the no-entity class): the checkpoint's once it is loaded
+        (`initialize`, `from_disk`, or the first Doc), the saved ones before; else empty."""
         return tuple(self._label_names()[1:])
 
     def initialize(
@@ -168,30 +198,20 @@ class LukeEntityRecognizer(TrainablePipe):
                 "luke_ner: the training data has no entities, so there are no labels to "
                 "train; give them in [initialize.components.luke_ner] labels = [...]."
             )
-        self.runtime.load(labels=None if labels is None else list(labels))
+        runtime = self.runtime
+        runtime.load(labels=None if labels is None else list(labels))
         if labels is None or not examples:
             return
         report = Coverage()
         for eg in examples:
-            gold = gold_doc(eg, self.sentences)
-            lengths = [len(ids) for ids in self._word_ids(gold.doc)]
+            gold = gold_doc(eg, runtime.sentences)
+            lengths = [len(ids) for ids in runtime.word_ids(gold.doc)]
             coverage(gold, lengths, self.settings.max_mention_length, report)
-        self.cfg["coverage"] = {"n_entities": report.n_entities, **report.lost}
+        self._coverage = {"n_entities": report.n_entities, **report.lost}
         if report.n_lost:
             warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
         else:
             logger.info("luke_ner: %s", report.describe())
-
-    def sentences(self, doc: Doc) -> List[Tuple[int, int]]:
-        """The sentence word ranges the component scores (see `corpus.sentence_ranges`)."""
-        return sentence_ranges(doc, self._sentencizer)
-
-    def plan(
-        self, docs: Sequence[Doc], sentences: Optional[Sequence[List[Tuple[int, int]]]] = None
-    ) -> List[Pass]:
-        """The passes that score every candidate span of the Docs, in the Docs' sentences
-        (`sentences`, one list of ranges per Doc) or `self.sentences(doc)`."""
-        return list(self._passes(docs, sentences))
 
     def predict(self, docs: Iterable[Doc]) -> List[DocEntities]:
         """Score the candidate spans of each Doc and decode them, without modifying the Docs.
@@ -213,8 +233,8 @@ class LukeEntityRecognizer(TrainablePipe):
         ]
         found: List[List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
         states: Dict[int, numpy.ndarray] = {}
-        for item in self._score(docs, want_words=settings.set_trf_data):
-            if isinstance(item, DocStates):
+        for item in self.model.predict(docs):
+            if not isinstance(item, ScoredSentence):  # DocStates, with set_trf_data
                 states[item.doc] = item.states
                 continue
             found[item.doc].append(
@@ -237,8 +257,9 @@ class LukeEntityRecognizer(TrainablePipe):
         """
         docs = list(docs)
         parts: List[List[ScoredSentence]] = [[] for _ in docs]
-        for item in self._score(docs):
-            parts[item.doc].append(item)
+        for item in self.model.predict(docs):
+            if isinstance(item, ScoredSentence):
+                parts[item.doc].append(item)
         n_labels = len(self._label_names())
         return [DocScores.from_sentences(doc_parts, n_labels) for doc_parts in parts]
 
@@ -272,19 +293,18 @@ class LukeEntityRecognizer(TrainablePipe):
         YIELDS (Doc): Processed documents in order.
         """
         error_handler = self.get_error_handler()
+
+        def annotate(docs: Sequence[Doc]) -> Sequence[Doc]:
+            self.set_annotations(docs, self.predict(docs))
+            return docs
+
+        def handle(doc: Doc, err: Exception) -> None:
+            error_handler(self.name, self, [doc], err)
+
         for docs in util.minibatch(stream, size=batch_size):
-            try:
-                self.set_annotations(docs, self.predict(docs))
-            except Exception:
-                for doc in docs:
-                    try:
-                        self.set_annotations([doc], self.predict([doc]))
-                    except Exception as err:
-                        error_handler(self.name, self, [doc], err)
-                    else:
-                        yield doc
-            else:
-                yield from docs
+            for doc in run_isolated(docs, annotate, on_error=handle):
+                if doc is not None:
+                    yield doc
 
     def update(
         self,
@@ -312,46 +332,40 @@ class LukeEntityRecognizer(TrainablePipe):
         validate_examples(examples, "LukeEntityRecognizer.update")
         if not examples:
             return losses
-        golds = [gold_doc(eg, self.sentences) for eg in examples]
-        passes = self.plan([g.doc for g in golds], [g.sentences for g in golds])
-        n_spans = sum(len(p.spans) for p in passes)
-        if n_spans == 0:
-            return losses
-        for indices in batch_by_budget(passes, self.settings.max_batch_items):
-            batch = [passes[i] for i in indices]
-            logits, backprop = self.runtime.begin_update(batch, drop)
-            targets = span_targets(
-                [p.spans for p in batch],
-                [golds[p.doc].entities for p in batch],
-                self._label_ids(),
-                logits.shape[1],
-            )
-            loss, d_logits = span_loss(logits, targets.to(logits.device), n_spans)
-            backprop(d_logits)
+        set_dropout_rate(self.model, drop)
+        runtime = self.runtime
+        golds = [gold_doc(eg, runtime.sentences) for eg in examples]
+        for batch in runtime.update_batches([g.doc for g in golds], [g.sentences for g in golds]):
+            scores, backprop = self.model.begin_update(batch)
+            loss, d_scores = self.get_loss(examples, scores)
+            backprop(d_scores)
             losses[self.name] += loss
         if sgd not in (None, False):
             self.finish_update(sgd)
         return losses
 
     def get_loss(
-        self, examples: Iterable[Example], scores: Sequence[DocScores]
-    ) -> Tuple[float, List[numpy.ndarray]]:
-        """The recipe's loss of predicted scores, and its gradient per Doc.
+        self, examples: Sequence[Example], scores: BatchScores
+    ) -> Tuple[float, numpy.ndarray]:
+        """The recipe's loss of one forward batch of an update, and its gradient.
 
-        examples (Iterable[Example]): The examples whose predicted Docs were scored.
-        scores (Sequence[DocScores]): The output of `span_scores` on those Docs.
-        RETURNS (Tuple[float, List[numpy.ndarray]]): The loss and d_logits of each Doc.
+        Each candidate span's target is its gold label, or the no-entity class when it is no
+        gold entity; the loss is the cross-entropy summed over the batch's spans and divided
+        by the number of spans in the whole update (`scores.batch.n_spans`).
+
+        examples (Sequence[Example]): The examples of the update (`Pass.doc` indexes them).
+        scores (BatchScores): What `self.model.begin_update` returned for the batch.
+        RETURNS (Tuple[float, numpy.ndarray]): The loss and d_logits (shaped as the logits).
         """
-        n_spans = max(1, sum(len(s.spans) for s in scores))
-        label_ids = self._label_ids()
-        total, grads = 0.0, []
-        for eg, score in zip(examples, scores):
-            entities = gold_doc(eg, self.sentences).entities
-            targets = span_targets([score.spans.tolist()], [entities], label_ids, len(score.spans))
-            loss, grad = span_loss(torch.from_numpy(score.logits)[None], targets, n_spans)
-            total += loss
-            grads.append(grad[0].numpy())
-        return total, grads
+        passes = scores.batch.passes
+        entities = {d: gold_entities(examples[d])[0] for d in {p.doc for p in passes}}
+        targets = span_targets(
+            [p.spans for p in passes],
+            [entities[p.doc] for p in passes],
+            self._label_ids(),
+            scores.logits.shape[1],
+        )
+        return span_loss(scores.logits, targets, scores.batch.n_spans)
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError(
@@ -362,7 +376,7 @@ class LukeEntityRecognizer(TrainablePipe):
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """Serialize the component, weights and tokenizer included."""
         serialize = {
-            "cfg": lambda: srsly.json_dumps(self._serialized_cfg()),
+            "cfg": lambda: srsly.json_dumps(self.cfg),
             "model": self.runtime.to_bytes,
         }
         return util.to_bytes(serialize, exclude)
@@ -381,7 +395,7 @@ class LukeEntityRecognizer(TrainablePipe):
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Save the component: cfg, and a Hugging Face folder (safetensors, tokenizer)."""
         serialize = {
-            "cfg": lambda p: srsly.write_json(p, self._serialized_cfg()),
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
             "model": self.runtime.save,
         }
         util.to_disk(path, serialize, exclude)
@@ -400,49 +414,19 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def _label_names(self) -> List[str]:
         """All labels in id order (0 is no-entity): the checkpoint's once it is loaded."""
-        return self.runtime.labels if self.runtime.is_loaded else self.cfg["labels"]
+        runtime = self.runtime
+        return runtime.labels if runtime.is_loaded else list(self._saved_labels)
 
     def _label_ids(self) -> Dict[str, int]:
         return {label: i for i, label in enumerate(self._label_names())}
 
-    def _serialized_cfg(self) -> Dict[str, Any]:
-        self.cfg["labels"] = list(self._label_names())
-        return self.cfg
-
     def _restore_cfg(self, saved: Dict[str, Any]) -> None:
         # Settings come from the pipeline config (so load-time overrides apply); only what
         # initialization learned is restored.
-        self.cfg.update({k: v for k, v in saved.items() if k in ("labels", "coverage")})
+        self._saved_labels = list(saved.get("labels") or [])
+        if "coverage" in saved:
+            self._coverage = dict(saved["coverage"])
 
-    def _word_ids(self, doc: Doc) -> List[Tuple[int, ...]]:
-        return self.runtime.word_tokenizer([token.text for token in doc])
-
-    def _passes(
-        self,
-        docs: Sequence[Doc],
-        sentences: Optional[Sequence[List[Tuple[int, int]]]] = None,
-    ) -> Iterator[Pass]:
-        """The Docs' passes, planned lazily Doc by Doc."""
-        for d, doc in enumerate(docs):
-            yield from plan_doc(
-                d,
-                self._word_ids(doc),
-                self.sentences(doc) if sentences is None else sentences[d],
-                self.settings.recipe,
-                cover_all=self.settings.set_trf_data,
-            )
-
-    def _score(
-        self, docs: Sequence[Doc], want_words: bool = False
-    ) -> Iterator[Union[ScoredSentence, DocStates]]:
-        return score_passes(
-            self._passes(docs),
-            self.runtime.run,
-            max_batch_items=self.settings.max_batch_items,
-            want_words=want_words,
-            on_batch=self.on_batch,
-        )
-
-    def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> TransformerData:
+    def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> Any:
         runtime = self.runtime
-        return trf_data(self._word_ids(doc), states, runtime.tokenizer, runtime.hidden_size)
+        return trf_data(runtime.word_ids(doc), states, runtime.tokenizer, runtime.hidden_size)

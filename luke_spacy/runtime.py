@@ -1,106 +1,134 @@
-"""The LUKE runtime behind `luke_ner`: the one seam between the spaCy pipe and torch.
+"""The model layer behind luke_ner: Docs in, each sentence's scored candidate spans out.
 
-The pipe asks this object for the checkpoint's tokenizer and labels, hands it batches of
-passes to score or to learn from, and saves or loads it. Everything that touches the Thinc
-shim or the torch modules (loading, device placement, autocast, attention choice, dropout,
-threads after a fork) happens here or in `model.py`.
+`LukeRuntime` owns everything between spaCy Docs and the network, whatever runs it: the
+component's settings (their one holder), the sentences and subword ids of each Doc and their
+passes (`planning`), the passes run in bounded, length-sorted batches (`scheduling`), their
+padding into arrays (`encoding.collate`), and the forward batches of a training update. The
+network is its `backend` (`backend.Backend`; torch: `model.TorchBackend`), the only part that
+differs between backends. No torch here.
+
+The Thinc model (`build_span_model`) keeps its runtime in `model.attrs["runtime"]`. Its
+forward takes Docs for inference (`model.predict(docs)`: a stream of `ScoredSentence`, and
+`DocStates` with `set_trf_data`) and one `SpanBatch` of an update for training
+(`model.begin_update(batch)`), so an update holds one forward batch's activations at a time.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
-import torch
-from spacy_transformers.data_classes import HFObjects
-from thinc.api import Model, get_torch_default_device
+from spacy.pipeline import Sentencizer
+from spacy.tokens import Doc
+from thinc.api import Model
 
-from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-from .encoding import Pass, collate
-from .model import (
-    entity_ids,
-    get_objects,
-    get_scorer,
-    labels_of,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    set_inference_dtype,
-    set_objects,
-)
+from .backend import Backend, Inputs
+from .encoding import Pass, SpecialIds, batch_by_budget, collate
+from .planning import Sentences, plan_docs, sentence_ranges
+from .scheduling import DocStates, ScoredSentence, score_passes
 from .settings import NerSettings
-from .tokenization import WordTokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# What a training step returns: the span logits and the callback that takes their gradient.
-Backprop = Callable[[torch.Tensor], object]
+from .tokenization import WordTokenizer, special_ids
 
 
 class NotLoadedError(ValueError):
     """The checkpoint was never loaded, so there is nothing to save."""
 
 
+@dataclass
+class SpanBatch:
+    """One forward batch of a training update (`LukeRuntime.update_batches`).
+
+    passes (List[Pass]): Passes with candidate spans; `Pass.doc` indexes the update's Docs.
+    n_spans (int): Candidate spans of the whole update. The loss is their mean, so splitting
+        an update into forward batches does not change its gradient.
+    """
+
+    passes: List[Pass]
+    n_spans: int
+
+
+@dataclass
+class BatchScores:
+    """The span logits of a `SpanBatch`: what the model's `begin_update` returns.
+
+    batch (SpanBatch): The batch scored.
+    logits (numpy.ndarray): (passes, spans, labels) float32; the first `len(pass.spans)`
+        columns of each row are its candidates, the rest padding.
+    """
+
+    batch: SpanBatch
+    logits: numpy.ndarray
+
+
 class LukeRuntime:
-    """A `luke_spacy.LukeSpanClassifier.v1` model, ready to score and train.
+    """Docs to scored candidate spans with a backend's forward pass (see the module docstring).
 
-    The checkpoint is loaded on first use, so `spacy.load` of a saved pipeline never looks a
-    hub id up. Whenever the loaded objects change (first use, `initialize`, `from_disk`), the
-    settings that depend on them are applied again: the attention implementation, the word
-    tokenizer and the check of the window size against the position embeddings.
+    The checkpoint is loaded on first use, so constructing a pipeline reads nothing and
+    `spacy.load` of a saved pipeline never looks a hub id up. Whenever the backend's loaded
+    checkpoint changes (first use, `initialize`, `from_disk`), the window size is checked
+    against its position embeddings and the word tokenizer is rebuilt.
 
-    model (Model): The component's Thinc model.
+    backend (Backend): Loads the checkpoint and runs the network.
     settings (NerSettings): The component's settings.
     """
 
-    def __init__(self, model: Model, settings: NerSettings) -> None:
-        self.model = model
-        self.settings = settings
-        self._prepared: Optional[HFObjects] = None
+    def __init__(self, backend: Backend, settings: Optional[NerSettings] = None) -> None:
+        self.backend = backend
+        # Instrumentation: called with the passes of each forward batch before it runs.
+        self.on_batch: Optional[Callable[[Sequence[Pass]], None]] = None
+        self._sentencizer = Sentencizer()
         self._word_tokenizer: Optional[WordTokenizer] = None
-        # The process that last ran torch here; a fork since then needs one thread (see run).
-        self._pid: Optional[int] = None
+        self._ids: Optional[SpecialIds] = None
+        # The checkpoint config that the settings were last checked against.
+        self._checked: Any = None
+        self._settings = NerSettings()
+        self.configure(settings or self._settings)
 
-    def __getstate__(self) -> Dict[str, object]:
-        # A pickled runtime (spawn, or a pipeline pickled to disk) runs in a fresh process,
-        # not a fork: it must not inherit the guard's record of who ran torch.
-        return {**self.__dict__, "_pid": None}
+    # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> NerSettings:
+        """The component's settings (read-only: change them with `configure`)."""
+        return self._settings
+
+    def configure(self, settings: NerSettings) -> None:
+        """Use these settings from now on; the backend checks the ones that concern it.
+
+        settings (NerSettings): Validated on construction.
+        """
+        self.backend.configure(settings)
+        self._settings = settings
+        self._checked = None
+
+    # -- the checkpoint ------------------------------------------------------------------------
 
     @property
     def is_loaded(self) -> bool:
         """Whether the checkpoint is in memory (loaded, initialized or read from disk)."""
-        return get_objects(self.model) is not None
-
-    def objects(self) -> HFObjects:
-        """The loaded tokenizer and transformer, loading the checkpoint on first use."""
-        objects = get_objects(self.model)
-        if objects is None:
-            objects = load_weights(self.model)
-        if objects is not self._prepared:
-            self._prepare(objects)
-        return objects
+        return self.backend.is_loaded
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """The checkpoint's Hugging Face tokenizer."""
-        return self.objects().tokenizer
+        self._checkpoint()
+        return self.backend.tokenizer
 
     @property
     def word_tokenizer(self) -> WordTokenizer:
-        """Subword ids of words, as the checkpoint's tokenizer gives them."""
-        self.objects()
-        assert self._word_tokenizer is not None
-        return self._word_tokenizer
+        """Subword ids of words, as the checkpoint's tokenizer gives them (cached by type)."""
+        return self._checkpoint()[0]
 
     @property
     def labels(self) -> List[str]:
         """The checkpoint's labels in id order; label 0 is the no-entity class."""
-        return labels_of(self.objects())
+        id2label = self.backend.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
 
     @property
     def hidden_size(self) -> int:
-        return self.objects().transformer.config.hidden_size
+        return self.backend.config.hidden_size
 
     def load(self, labels: Optional[Sequence[str]] = None) -> None:
         """Load the checkpoint the model names (hub id, local folder or Hugging Face cache).
@@ -108,120 +136,219 @@ class LukeRuntime:
         labels (Optional[Sequence[str]]): Entity labels to train: the checkpoint is reloaded
             with a head for exactly these (kept when it already has them).
         """
-        load_weights(self.model, labels=labels)
-        self.objects()
+        self.backend.load(labels)
+        self._checkpoint()
 
     def load_local(self, path: Union[str, Path]) -> None:
         """Load a checkpoint folder written by `save`; never touches the network."""
-        set_objects(self.model, load_checkpoint(str(path), local_files_only=True))
-        self.objects()
+        self.backend.load_local(path)
+        self._checkpoint()
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write config, safetensors weights and tokenizer files into a folder."""
-        save_checkpoint(self._loaded(), Path(path))
+        """Write config, weights and tokenizer files into a folder."""
+        self._require_loaded()
+        self.backend.save(path)
 
     def to_bytes(self) -> bytes:
-        self._loaded()
-        return self.model.to_bytes()
+        self._require_loaded()
+        return self.backend.to_bytes()
 
     def from_bytes(self, data: bytes) -> None:
-        self.model.from_bytes(data)
-        self.objects()
+        self.backend.from_bytes(data)
+        self._checkpoint()
 
-    def collate(
-        self, passes: Sequence[Pass], device: Union[torch.device, str, None] = None
-    ) -> Dict[str, torch.Tensor]:
-        """The model inputs of passes padded into one batch, with the checkpoint's ids.
+    # -- planning ------------------------------------------------------------------------------
 
-        passes (Sequence[Pass]): Passes of `encoding.plan_doc`.
-        device (Union[torch.device, str, None]): Where the tensors go; the model's device
-            when None.
-        RETURNS (Dict[str, torch.Tensor]): The `LukeForEntitySpanClassification` inputs.
+    def sentences(self, doc: Doc) -> Sentences:
+        """The sentence word ranges scored in a Doc (see `planning.sentence_ranges`)."""
+        return sentence_ranges(doc, self._sentencizer)
+
+    def word_ids(self, doc: Doc) -> List[Tuple[int, ...]]:
+        """The subword ids of each token of a Doc."""
+        return self.word_tokenizer([token.text for token in doc])
+
+    def plan(
+        self, docs: Sequence[Doc], sentences: Optional[Sequence[Sentences]] = None
+    ) -> List[Pass]:
+        """The passes that score every candidate span of the Docs, as inference plans them.
+
+        docs (Sequence[Doc]): The Docs.
+        sentences (Optional[Sequence[Sentences]]): Sentences of each Doc to use instead of
+            `self.sentences(doc)`.
+        RETURNS (List[Pass]): The passes, Doc by Doc.
         """
-        tokenizer = self.tokenizer
-        mask_id, pad_entity_id = entity_ids(tokenizer)
-        return collate(
-            passes,
-            cls_id=tokenizer.cls_token_id,
-            sep_id=tokenizer.sep_token_id,
-            pad_id=tokenizer.pad_token_id,
-            mask_entity_id=mask_id,
-            pad_entity_id=pad_entity_id,
-            max_mention_length=self.settings.max_mention_length,
-            device=self.device() if device is None else device,
+        return list(self._passes(docs, sentences, cover_all=self._settings.set_trf_data))
+
+    def collate(self, passes: Sequence[Pass]) -> Inputs:
+        """One forward batch of passes as the model's input arrays (`encoding.collate`)."""
+        ids = self._checkpoint()[1]
+        return collate(passes, ids, self._settings.max_mention_length)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def scores(self, docs: Sequence[Doc]) -> Iterator[Union[ScoredSentence, DocStates]]:
+        """Each sentence's candidate spans with their logits, Doc by Doc, as soon as the
+        sentence's passes have run (and each Doc's word states with `set_trf_data`).
+
+        docs (Sequence[Doc]): The Docs; the items carry their index.
+        YIELDS (Union[ScoredSentence, DocStates]): See `scheduling.score_passes`.
+        """
+        settings = self._settings
+        return score_passes(
+            self._passes(docs, cover_all=settings.set_trf_data),
+            self._predict,
+            max_batch_items=settings.max_batch_items,
+            want_words=settings.set_trf_data,
         )
 
-    def run(
-        self, passes: Sequence[Pass], want_words: bool = False
-    ) -> Tuple[numpy.ndarray, Optional[numpy.ndarray]]:
-        """Score one batch of passes (inference): span logits and, if asked, word states.
+    def score_batch(self, batch: SpanBatch) -> BatchScores:
+        """The logits of a training batch, for inference (no gradients, no dropout)."""
+        logits, _ = self._predict(batch.passes, False)
+        return BatchScores(batch, logits)
 
-        RETURNS (Tuple[numpy.ndarray, Optional[numpy.ndarray]]): (rows, spans, labels) float32
-            logits and (rows, words, hidden) float32 final states, or None.
+    # -- training ------------------------------------------------------------------------------
+
+    def update_batches(
+        self, docs: Sequence[Doc], sentences: Sequence[Sentences]
+    ) -> List[SpanBatch]:
+        """The forward batches of a training update: every candidate span of the Docs'
+        sentences, with the windows, span limit and chunks of inference.
+
+        Passes without candidates (which inference may run for `set_trf_data`) are not
+        planned: they train nothing.
+
+        docs (Sequence[Doc]): The predicted Docs of the examples.
+        sentences (Sequence[Sentences]): Their (gold) sentences.
+        RETURNS (List[SpanBatch]): Batches within `max_batch_items`; none without candidates.
         """
-        if self._pid is not None and self._pid != os.getpid():
-            # A forked child inherits libgomp's thread pool in a state that hangs its next
-            # parallel region; one thread runs without the pool (as OMP_NUM_THREADS=1 does).
-            torch.set_num_threads(1)
-        self._pid = os.getpid()
-        batch = self.collate(passes)
-        device = batch["input_ids"].device
-        if self.settings.dtype == "float16" and device.type == "cpu":
-            raise ValueError("dtype = 'float16' needs a GPU; use 'bfloat16' or 'float32' on CPU.")
-        logits, words = self.model.predict((batch, want_words))
-        return (
-            logits.float().cpu().numpy(),
-            words.float().cpu().numpy() if words is not None else None,
-        )
+        passes = list(self._passes(docs, sentences, cover_all=False))
+        n_spans = sum(len(p.spans) for p in passes)
+        if n_spans == 0:
+            return []
+        return [
+            SpanBatch([passes[i] for i in indices], n_spans)
+            for indices in batch_by_budget(passes, self._settings.max_batch_items)
+        ]
 
     def begin_update(
-        self, passes: Sequence[Pass], drop: float = 0.0
-    ) -> Tuple[torch.Tensor, Backprop]:
-        """Forward one batch of passes for training; gradients accumulate until the
-        optimizer step (`model.finish_update`).
+        self, batch: SpanBatch, drop: Optional[float] = None
+    ) -> Tuple[BatchScores, Callable[[numpy.ndarray], SpanBatch]]:
+        """Forward one batch of an update; gradients accumulate until the optimizer step.
 
-        RETURNS (Tuple[torch.Tensor, Callable]): The logits and a callback taking d_logits.
+        batch (SpanBatch): From `update_batches`.
+        drop (Optional[float]): Dropout rate; None leaves the checkpoint's.
+        RETURNS (Tuple[BatchScores, Callable]): The logits and the callback taking d_logits.
         """
-        for module in get_scorer(self.model).modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = drop
-        (logits, _), backprop = self.model.begin_update((self.collate(passes), False))
-        return logits, backprop
+        if self.on_batch is not None:
+            self.on_batch(batch.passes)
+        logits, backprop_logits = self.backend.begin_update(self.collate(batch.passes), drop)
 
-    def device(self) -> torch.device:
-        """Move the model to the configured device (or thinc's current one) and return it."""
-        if self.settings.device is not None:
-            device = torch.device(self.settings.device)
-        else:
-            device = get_torch_default_device()
-        self.objects()
-        scorer = get_scorer(self.model)
-        if next(scorer.parameters()).device != device:
-            scorer.to(device)
-        return device
+        def backprop(d_logits: numpy.ndarray) -> SpanBatch:
+            backprop_logits(d_logits)
+            return batch  # ids and spans: nothing to differentiate
 
-    def _prepare(self, objects: HFObjects) -> None:
-        config = objects.transformer.config
-        capacity = config.max_position_embeddings - config.pad_token_id - 3
-        if self.settings.max_length > capacity:
-            raise ValueError(
-                f"max_length = {self.settings.max_length} does not fit the checkpoint, whose "
-                f"max_position_embeddings = {config.max_position_embeddings} allows at most "
-                f"{capacity} subwords per window; set max_length to {capacity} or less."
-            )
-        if self.settings.attention == "sdpa":
-            fuse_entity_aware_attention(objects.transformer)
-        else:
-            unfuse_entity_aware_attention(objects.transformer)
-        set_inference_dtype(self.model, DTYPES[self.settings.dtype])
-        self._word_tokenizer = WordTokenizer(objects.tokenizer)
-        self._prepared = objects
+        return BatchScores(batch, logits), backprop
 
-    def _loaded(self) -> HFObjects:
+    # -- internals -----------------------------------------------------------------------------
+
+    def _passes(
+        self,
+        docs: Sequence[Doc],
+        sentences: Optional[Sequence[Sentences]] = None,
+        *,
+        cover_all: bool,
+    ) -> Iterator[Pass]:
+        return plan_docs(
+            docs,
+            self.word_ids,
+            self.sentences,
+            self._settings.recipe,
+            given=sentences,
+            cover_all=cover_all,
+        )
+
+    def _predict(
+        self, passes: Sequence[Pass], want_words: bool
+    ) -> Tuple[numpy.ndarray, Optional[numpy.ndarray]]:
+        if self.on_batch is not None:
+            self.on_batch(passes)
+        return self.backend.predict(self.collate(passes), want_words)
+
+    def _checkpoint(self) -> Tuple[WordTokenizer, SpecialIds]:
+        """The word tokenizer and special ids of the loaded checkpoint (loading it on first
+        use), after checking the settings against it once per checkpoint."""
+        tokenizer, config = self.backend.tokenizer, self.backend.config
+        if self._word_tokenizer is None or self._word_tokenizer.tokenizer is not tokenizer:
+            self._word_tokenizer = WordTokenizer(tokenizer)
+            self._ids = special_ids(tokenizer)
+        if config is not self._checked:
+            capacity = config.max_position_embeddings - config.pad_token_id - 3
+            max_length = self._settings.max_length
+            if max_length > capacity:
+                raise ValueError(
+                    f"max_length = {max_length} does not fit the checkpoint, whose "
+                    f"max_position_embeddings = {config.max_position_embeddings} allows at most "
+                    f"{capacity} subwords per window; set max_length to {capacity} or less."
+                )
+            self._checked = config
+        assert self._ids is not None
+        return self._word_tokenizer, self._ids
+
+    def _require_loaded(self) -> None:
         if not self.is_loaded:
             raise NotLoadedError(
                 "luke_ner has no checkpoint in memory, so there is nothing to save (saving "
                 "never downloads one). Call nlp.initialize() or process a text first, which "
                 "loads the checkpoint that [components.luke_ner.model] name points to."
             )
-        return self.objects()
+
+
+def build_span_model(
+    make_backend: Callable[[Model], Backend],
+    *,
+    attrs: dict,
+    shims: Sequence[Any] = (),
+) -> Model:
+    """The Docs-in Thinc model of luke_ner around a backend.
+
+    make_backend (Callable[[Model], Backend]): Builds the backend for the new model (it may
+        keep its weights in the model's shims).
+    attrs (dict): Serializable attributes, e.g. the checkpoint's name and revision.
+    shims (Sequence[Shim]): Thinc shims holding the backend's parameters (optimizer steps
+        and serialization go through them).
+    RETURNS (Model): Docs -> scored sentences; SpanBatch -> logits (see `forward`).
+    """
+    model: Model = Model(
+        "luke_span_classifier",
+        forward,
+        shims=list(shims),
+        # thinc's set_dropout_rate writes the rate of each update here.
+        attrs={**attrs, "dropout_rate": None},
+    )
+    model.attrs["runtime"] = LukeRuntime(make_backend(model))
+    return model
+
+
+def get_runtime(model: Model) -> LukeRuntime:
+    """The runtime of a luke_ner model."""
+    runtime = model.attrs.get("runtime")
+    if not isinstance(runtime, LukeRuntime):
+        raise TypeError(
+            f"luke_ner needs a luke_spacy.LukeSpanClassifier.v1 model, got {model.name!r}."
+        )
+    return runtime
+
+
+def forward(model: Model, X: Union[Sequence[Doc], SpanBatch], is_train: bool):
+    """Docs -> each sentence's scores (inference); a SpanBatch -> its logits (training)."""
+    runtime = get_runtime(model)
+    if isinstance(X, SpanBatch):
+        if is_train:
+            return runtime.begin_update(X, model.attrs["dropout_rate"])
+        return runtime.score_batch(X), lambda d_logits: X
+    if is_train:
+        raise ValueError(
+            "luke_ner's model trains one forward batch at a time: give begin_update a "
+            "SpanBatch from LukeRuntime.update_batches, not Docs."
+        )
+    return runtime.scores(X), lambda d_scores: X

@@ -1,9 +1,10 @@
 """Running a stream of passes in bounded batches, and what comes out of it.
 
 `score_passes` takes the passes of any number of Docs, in order, and a batch runner (the
-runtime's `run`). It runs them in groups of batch budgets, sorted within each group to cut
-padding, and yields each sentence's candidate spans and logits as soon as its last pass has
-run, so what is held at once is bounded by the groups, never by the length of a Doc.
+runtime's, which collates a batch and runs the backend). It runs them in groups of batch
+budgets, sorted within each group to cut padding, and yields each sentence's candidate spans
+and logits as soon as its last pass has run, so what is held at once is bounded by the
+groups, never by the length of a Doc.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ def score_passes(
     *,
     max_batch_items: int,
     want_words: bool = False,
-    on_batch: Optional[Callable[[Sequence[Pass]], None]] = None,
 ) -> Iterator[Union[ScoredSentence, DocStates]]:
     """Run passes and yield each sentence's scores (and each Doc's word states), in order.
 
@@ -119,8 +119,6 @@ def score_passes(
     run_batch (BatchRunner): Scores one batch of passes.
     max_batch_items (int): Padded word+span positions per batch.
     want_words (bool): Also yield a `DocStates` after each Doc's last sentence.
-    on_batch (Optional[Callable]): Called with the passes of each batch before it runs
-        (instrumentation: benchmarks count batches and padding with it).
     YIELDS (Union[ScoredSentence, DocStates]): Sentences with candidates, and Doc states.
     """
     key: Optional[Tuple[int, int]] = None
@@ -136,10 +134,7 @@ def score_passes(
             previous = p
         outputs: List[numpy.ndarray] = [numpy.zeros(0)] * len(group)
         for indices in batch_by_budget(group, max_batch_items):
-            batch = [group[i] for i in indices]
-            if on_batch is not None:
-                on_batch(batch)
-            batch_logits, batch_words = run_batch(batch, want_words)
+            batch_logits, batch_words = run_batch([group[i] for i in indices], want_words)
             for row, i in enumerate(indices):
                 p = group[i]
                 # Copies, so no batch output stays alive with the group.
@@ -152,9 +147,7 @@ def score_passes(
         for p, out in zip(group, outputs):
             if key is not None and (p.doc, p.sentence) != key:
                 if spans:
-                    yield ScoredSentence(
-                        key[0], numpy.asarray(spans, "i"), numpy.concatenate(logits)
-                    )
+                    yield _sentence(key[0], spans, logits)
                 spans, logits = [], []
                 if p.doc != key[0] and key[0] in states:
                     yield DocStates(key[0], states.pop(key[0]))

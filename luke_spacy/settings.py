@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Optional
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Literal, Optional, get_args
 
 from .encoding import RecipeSettings
-from .model import check_device
 
 # Typed in the factory's signature, so spaCy's config validation names the allowed values.
 Context = Literal["document", "sentence"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attention = Literal["eager", "sdpa"]
-CONTEXTS = ("document", "sentence")
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTIONS = ("eager", "sdpa")
 
 
 @dataclass(frozen=True)
 class NerSettings:
     """The settings of a `luke_ner` component, validated on construction (at `add_pipe`).
+
+    The defaults here are the only ones: the factory's default config is written from them
+    (`config_defaults`). Whether `device` names a usable device is the backend's to check
+    (`LukeRuntime.configure`, also at `add_pipe`).
 
     max_mention_length (int): Longest candidate span in subwords (the recipe's 16).
     max_entity_length (int): Most candidate spans per forward pass (the recipe's 128).
@@ -67,12 +68,12 @@ class NerSettings:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
         # spaCy checks these through the factory's Literal types; Python callers get the same.
-        for key, allowed in (("context", CONTEXTS), ("dtype", DTYPES), ("attention", ATTENTIONS)):
+        for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
+            allowed = get_args(choices)
             if getattr(self, key) not in allowed:
                 raise ValueError(
                     f"luke_ner: {key} must be one of {allowed}, got {getattr(self, key)!r}."
                 )
-        check_device(self.device)
 
     @property
     def recipe(self) -> RecipeSettings:
@@ -87,3 +88,15 @@ class NerSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as the JSON-serializable dict saved in the component's `cfg`."""
         return asdict(self)
+
+
+def config_defaults(section: str) -> str:
+    """The settings' defaults as a config section, e.g. `[luke_ner]` with `context = "document"`.
+
+    section (str): The section name.
+    RETURNS (str): The section, one `key = value` line per setting (JSON values).
+    """
+    lines = [f"[{section}]"]
+    for field in fields(NerSettings):
+        lines.append(f"{field.name} = {json.dumps(field.default)}")
+    return "\n".join(lines) + "\n"

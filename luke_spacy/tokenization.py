@@ -29,6 +29,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from transformers import PreTrainedTokenizerBase
 
+from .checkpoint import CheckpointError
+from .encoding import SpecialIds
+
 logger = logging.getLogger(__name__)
 
 # Words on which the fast tokenizer must agree with the slow one before it is used.
@@ -212,6 +215,31 @@ class WordTokenizer:
             )
             return None
         return fast
+
+
+def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
+    """The [MASK] and [PAD] ids of the checkpoint's entity vocabulary."""
+    vocab = getattr(tokenizer, "entity_vocab", None)
+    if not vocab or "[MASK]" not in vocab:
+        raise CheckpointError(
+            f"The tokenizer of '{name}' has no entity vocabulary with a [MASK] entry "
+            "(entity_vocab.json); luke_ner needs the checkpoint's LukeTokenizer or "
+            "MLukeTokenizer with its entity_vocab.json."
+        )
+    mask_id = getattr(tokenizer, "entity_mask_token_id", vocab["[MASK]"])
+    return mask_id, getattr(tokenizer, "entity_pad_token_id", vocab.get("[PAD]", 0))
+
+
+def special_ids(tokenizer: Any) -> SpecialIds:
+    """The special token and entity ids that `encoding.collate` writes, from the tokenizer."""
+    mask_id, pad_entity_id = entity_ids(tokenizer)
+    return SpecialIds(
+        cls=tokenizer.cls_token_id,
+        sep=tokenizer.sep_token_id,
+        pad=tokenizer.pad_token_id,
+        mask_entity=mask_id,
+        pad_entity=pad_entity_id,
+    )
 
 
 def _is_luke(tok: Any) -> bool:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
-import torch
+import numpy
 from spacy.tokens import Doc
 from spacy.training import Example
 
@@ -60,19 +60,22 @@ def gold_doc(example: Example, fallback_sentences) -> GoldDoc:
         the reference has no sentence boundaries or a different tokenization.
     """
     doc, ref = example.predicted, example.reference
-    if same_words(doc, ref):
-        entities = {(e.start, e.end): e.label_ for e in ref.ents}
-        n_misaligned = 0
-        if ref.has_annotation("SENT_START"):
-            sentences = [(s.start, s.end) for s in ref.sents]
-        else:
-            sentences = fallback_sentences(doc)
+    entities, n_misaligned = gold_entities(example)
+    if same_words(doc, ref) and ref.has_annotation("SENT_START"):
+        sentences = [(s.start, s.end) for s in ref.sents]
     else:
-        aligned = example.get_aligned_spans_y2x(ref.ents, allow_overlap=False)
-        entities = {(e.start, e.end): e.label_ for e in aligned}
-        n_misaligned = len(ref.ents) - len(aligned)
         sentences = fallback_sentences(doc)
     return GoldDoc(doc, sentences, entities, n_misaligned)
+
+
+def gold_entities(example: Example) -> Tuple[Dict[Span, str], int]:
+    """An Example's gold entity spans on its predicted Doc, by label, and how many gold
+    entities do not map onto the predicted Doc's tokens."""
+    doc, ref = example.predicted, example.reference
+    if same_words(doc, ref):
+        return {(e.start, e.end): e.label_ for e in ref.ents}, 0
+    aligned = example.get_aligned_spans_y2x(ref.ents, allow_overlap=False)
+    return {(e.start, e.end): e.label_ for e in aligned}, len(ref.ents) - len(aligned)
 
 
 def coverage(
@@ -102,40 +105,42 @@ def span_targets(
     entities: Sequence[Dict[Span, str]],
     label_ids: Dict[str, int],
     width: int,
-) -> torch.Tensor:
+) -> numpy.ndarray:
     """Gold label id of each candidate span (no-entity when it is not a gold entity).
 
     span_lists (Sequence[Sequence[Span]]): Candidate spans, one row each (a pass, a Doc).
     entities (Sequence[Dict[Span, str]]): Gold entities of each row's Doc.
     label_ids (Dict[str, int]): Label names to ids.
     width (int): Columns of the result (the logits' span dimension).
-    RETURNS (torch.Tensor): (rows, width) label ids, padded with -1.
+    RETURNS (numpy.ndarray): (rows, width) int64 label ids, padded with -1.
     """
-    targets = torch.full((len(span_lists), width), -1, dtype=torch.long)
+    targets = numpy.full((len(span_lists), width), -1, dtype=numpy.int64)
     for row, (spans, gold) in enumerate(zip(span_lists, entities)):
         ids = [label_ids.get(gold.get(tuple(span), ""), NO_ENTITY_ID) for span in spans]
-        targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        targets[row, : len(ids)] = ids
     return targets
 
 
 def span_loss(
-    logits: torch.Tensor, targets: torch.Tensor, normalizer: int
-) -> Tuple[float, torch.Tensor]:
+    logits: numpy.ndarray, targets: numpy.ndarray, normalizer: int
+) -> Tuple[float, numpy.ndarray]:
     """Cross-entropy over candidate spans and its gradient w.r.t. the logits.
 
-    logits (torch.Tensor): (rows, spans, labels) logits.
-    targets (torch.Tensor): (rows, spans) label ids, -1 for padding.
+    logits (numpy.ndarray): (rows, spans, labels) logits.
+    targets (numpy.ndarray): (rows, spans) label ids, -1 for padding.
     normalizer (int): Number of spans the loss is averaged over (all spans of the update, so
         splitting an update into several forward batches does not change the gradient).
-    RETURNS (Tuple[float, torch.Tensor]): The summed loss / normalizer and d_logits.
+    RETURNS (Tuple[float, numpy.ndarray]): The summed loss / normalizer, and d_logits
+        (float32, zero on padding).
     """
-    with torch.no_grad():
-        valid = targets >= 0
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        safe = targets.clamp(min=0)
-        picked = log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        loss = -(picked * valid).sum() / normalizer
-        grad = log_probs.exp()
-        grad.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(picked).unsqueeze(-1))
-        grad = grad * valid.unsqueeze(-1) / normalizer
-    return float(loss), grad.to(logits.dtype)
+    logits = numpy.asarray(logits, dtype=numpy.float32)
+    valid = targets >= 0
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+    safe = numpy.maximum(targets, 0)[..., None]
+    picked = numpy.take_along_axis(log_probs, safe, axis=-1)[..., 0]
+    loss = -(picked * valid).sum() / normalizer
+    grad = numpy.exp(log_probs)
+    numpy.put_along_axis(grad, safe, numpy.take_along_axis(grad, safe, axis=-1) - 1.0, axis=-1)
+    grad = grad * valid[..., None] / numpy.float32(normalizer)
+    return float(loss), grad.astype(numpy.float32, copy=False)

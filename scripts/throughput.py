@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     if "luke_ner" in nlp.pipe_names:
         pipe = nlp.get_pipe("luke_ner")
         settings = {k: v for k, v in pipe.cfg.items() if k not in ("labels", "coverage")}
-        passes = pipe.plan([unannotated(doc) for doc in gold])
+        passes = pipe.runtime.plan([unannotated(doc) for doc in gold])
         settings["forward_passes"] = len(passes)
         settings["candidate_spans"] = sum(len(p.spans) for p in passes)
     report = {

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 import spacy
 import torch
 
 from luke_spacy import CheckpointError, cli
-from luke_spacy.checkpoint import SETTINGS_NAME, peek_labels
+from luke_spacy.checkpoint import SETTINGS_NAME
 from luke_spacy.model import check_device
 from luke_spacy.random_model import build_random_checkpoint
 
@@ -135,10 +138,12 @@ def test_damaged_pipeline_names_the_file(pipeline_copy, kind):
 @pytest.mark.parametrize(
     "kind", ["weights truncated", "config.json label count", "label 0 not the no-entity class"]
 )
-def test_damaged_checkpoint_folder_fails_at_add_pipe(pipeline_copy, kind):
+def test_damaged_checkpoint_folder_fails_at_initialize_or_first_call(pipeline_copy, kind):
     damage, file = DAMAGES[kind]
     model_dir = pipeline_copy / "luke_ner" / "model"
     damage(model_dir)
+    with pytest.raises(CheckpointError, match=file):
+        make_nlp(model_dir).initialize()
     with pytest.raises(CheckpointError, match=file):
         make_nlp(model_dir)("Paris")
 
@@ -196,49 +201,92 @@ def test_cli_reports_a_damaged_pipeline_in_one_line(pipeline_copy, capsys, kind)
     assert file in err and str(pipeline_copy) in err
 
 
-def test_missing_local_folder_fails_at_add_pipe(tmp_path):
-    for missing in (tmp_path / "no" / "such" / "folder", "./no-such-folder/x/y"):
-        with pytest.raises(CheckpointError, match="local folder .* does not exist"):
-            make_nlp(missing)
+# Lists that record the files opened while they are in it (see `files_opened`).
+_RECORDERS: List[List[str]] = []
 
 
-def test_labels_are_known_after_add_pipe(tiny_luke, tiny_mluke):
-    nlp = make_nlp(tiny_luke)
-    assert nlp.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
-    assert nlp.pipe_labels["luke_ner"] == ["MISC", "PER", "ORG", "LOC"]
-    assert make_nlp(tiny_mluke).get_pipe("luke_ner").labels == ("LOC", "PER", "ORG", "MISC")
+def _record_opens(event: str, args: tuple) -> None:
+    if event == "open":
+        for opened in _RECORDERS:
+            opened.append(str(args[0]))
 
 
-def test_labels_from_the_hf_cache_without_network(tiny_luke, tmp_path, monkeypatch):
-    import huggingface_hub.constants
+@contextlib.contextmanager
+def files_opened():
+    """The files this process opens in the block: a Python audit hook sees every open, from
+    Python, transformers or safetensors alike (installed once, as hooks cannot be removed)."""
+    if not getattr(files_opened, "installed", False):
+        sys.addaudithook(_record_opens)
+        files_opened.installed = True
+    opened: List[str] = []
+    _RECORDERS.append(opened)
+    try:
+        yield opened
+    finally:
+        _RECORDERS.remove(opened)
+
+
+def test_add_pipe_reads_nothing(tiny_luke, monkeypatch):
+    """Constructing the component opens no file of the checkpoint and touches no network;
+    the checkpoint is read by initialize, from_disk or the first Doc."""
 
     def refuse(*args, **kwargs):
         raise OSError("network access in a test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    repo = tmp_path / "hub" / "models--someone--luke-ner"
-    snapshot = repo / "snapshots" / ("a" * 40)
-    snapshot.mkdir(parents=True)
-    shutil.copy(tiny_luke / "config.json", snapshot / "config.json")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("a" * 40)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert peek_labels("someone/luke-ner") == ["NIL", "MISC", "PER", "ORG", "LOC"]
-    assert peek_labels("someone/not-cached") == []
-    # a hub id not in the cache is only looked up when the checkpoint is loaded
-    assert make_nlp("someone/not-cached").get_pipe("luke_ner").labels == ()
+    make_nlp(tiny_luke)  # imports and spaCy's own set-up happen once, before
+    with files_opened() as opened:
+        nlp = make_nlp(tiny_luke)
+        for name in ("someone/not-cached", tiny_luke / "no-such-folder"):
+            assert make_nlp(name).get_pipe("luke_ner").labels == ()
+    assert [f for f in opened if str(tiny_luke) in f or "huggingface" in f] == []
+    assert nlp.get_pipe("luke_ner").labels == ()
+    with files_opened() as opened:
+        nlp.initialize()
+    assert str(tiny_luke / "config.json") in opened  # the hook sees the reads
+    assert nlp.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
 
 
-def test_spacy_load_does_not_read_the_named_checkpoint(tiny_luke, tmp_path, monkeypatch):
+def test_missing_local_folder_fails_at_initialize_or_first_call(tmp_path):
+    for missing in (tmp_path / "no" / "such" / "folder", "./no-such-folder/x/y"):
+        nlp = make_nlp(missing)
+        with pytest.raises(CheckpointError, match=re.escape(f"'{missing}' does not exist")):
+            nlp("text")
+        with pytest.raises(CheckpointError, match="local folder .* does not exist"):
+            nlp.initialize()
+        with pytest.raises(CheckpointError, match="local folder .* does not exist"):
+            list(nlp.pipe(["text", "more text"]))
+
+
+def test_labels_are_known_once_the_checkpoint_is_loaded(tiny_luke, tiny_mluke, tmp_path):
+    nlp = make_nlp(tiny_luke)
+    assert nlp.get_pipe("luke_ner").labels == () and nlp.pipe_labels["luke_ner"] == []
+    nlp("Paris")  # the first Doc loads the checkpoint
+    assert nlp.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
+    assert nlp.pipe_labels["luke_ner"] == ["MISC", "PER", "ORG", "LOC"]
+    mluke = make_nlp(tiny_mluke)
+    mluke.initialize()
+    assert mluke.get_pipe("luke_ner").labels == ("LOC", "PER", "ORG", "MISC")
+    # the saved labels, also when the weights are not read (exclude)
+    nlp.to_disk(tmp_path / "pipeline")
+    assert spacy.load(tmp_path / "pipeline").get_pipe("luke_ner").labels == nlp.get_pipe(
+        "luke_ner"
+    ).labels
+    cfg_only = make_nlp(tiny_luke)
+    cfg_only.get_pipe("luke_ner").from_disk(tmp_path / "pipeline" / "luke_ner", exclude=["model"])
+    assert cfg_only.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
+    assert not cfg_only.get_pipe("luke_ner").runtime.is_loaded
+
+
+def test_spacy_load_does_not_read_the_named_checkpoint(tiny_luke, tmp_path):
     private = shutil.copytree(tiny_luke, tmp_path / "ckpt")
     nlp = make_nlp(private)
     nlp.initialize()
     nlp.to_disk(tmp_path / "pipeline")
     shutil.rmtree(private)
-    calls = []
-    monkeypatch.setattr("luke_spacy.checkpoint._cached_config", lambda *a: calls.append(a))
     loaded = spacy.load(tmp_path / "pipeline")
-    assert loaded.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC") and not calls
+    assert loaded.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
+    assert ents(loaded) == ents(nlp)
 
 
 def test_device_without_cuda_says_what_is_missing(tiny_luke, monkeypatch):
@@ -283,7 +331,7 @@ def test_random_mluke_without_sentencepiece(tmp_path, monkeypatch, capsys):
 def test_mluke_checkpoint_without_sentencepiece(tiny_mluke, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(CheckpointError, match=r"mLUKE.*luke-spacy\[mluke\]"):
-        make_nlp(tiny_mluke)
+        make_nlp(tiny_mluke)("Paris")
 
 
 def test_training_heads_start_with_the_no_entity_class(tiny_mluke, pipeline_copy):

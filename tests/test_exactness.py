@@ -60,7 +60,7 @@ def b1_entities(pipe, model, docs, documents) -> List[List[Set[Entity]]]:
     tokenizer = pipe.model.shims[0]._hfmodel.tokenizer
     mask_id = tokenizer.entity_vocab["[MASK]"]
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    passes = pipe.plan(docs)
+    passes = pipe.runtime.plan(docs)
     spans: Dict[Tuple[int, int], list] = {}
     logits: Dict[Tuple[int, int], list] = {}
     with torch.inference_mode():
@@ -174,7 +174,7 @@ def test_pipe_never_exceeds_batch_budget(tiny_luke_real_bpe, test_documents, max
     try:
         documents = test_documents[:8]
         docs = [words_doc(nlp.vocab, d) for d in documents]
-        passes = pipe.plan(docs)
+        passes = pipe.runtime.plan(docs)
         out = list(nlp.pipe(docs, batch_size=1000))
     finally:
         del scorer.forward

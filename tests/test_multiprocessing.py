@@ -94,4 +94,4 @@ def test_a_pickled_pipeline_keeps_its_threads(tiny_luke):
     nlp = make_nlp(tiny_luke)
     nlp(TEXTS[0])
     clone = pickle.loads(pickle.dumps(nlp))
-    assert clone.get_pipe("luke_ner").runtime._pid is None
+    assert clone.get_pipe("luke_ner").runtime.backend._pid is None

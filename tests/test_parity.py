@@ -93,7 +93,7 @@ def test_logits_and_entities_equal_transformers(request, fixture, text, context,
     assert n_subwords <= HF_MAX_MENTION_LENGTH
 
     pipe = nlp.get_pipe("luke_ner")
-    passes = pipe.plan([doc])
+    passes = pipe.runtime.plan([doc])
     assert len(passes) == 1
     # tokenization: per-word with prefix space equals transformers' entity-span segmentation
     tokenizer = hf_objects(path)[0]

@@ -114,7 +114,7 @@ def test_long_doc_without_sentence_boundaries(tiny_luke, hf_tokenizer):
     doc = nlp.make_doc("word " * n)
     assert len(doc) == n
     pipe = nlp.get_pipe("luke_ner")
-    passes = pipe.plan([doc])
+    passes = pipe.runtime.plan([doc])
     spans = [span for p in passes for span in p.spans]
     expected = count_candidates([k] * n, [(0, n)], mml)
     assert expected == 2 * n - 1
@@ -135,7 +135,7 @@ def test_very_long_tokens(nlp, hf_tokenizer):
     lengths = [n_subwords(hf_tokenizer, w) for w in words]
     assert lengths[0] > 510  # longer than a whole window
     mml = pipe.cfg["max_mention_length"]
-    sentences = pipe.sentences(doc)
+    sentences = pipe.runtime.sentences(doc)
     assert len(scores.spans) == count_candidates(lengths, sentences, mml)
     spans = {tuple(s) for s in scores.spans.tolist()}
     assert (1, 2) in spans and (0, 1) not in spans
@@ -398,7 +398,7 @@ def test_batching_does_not_change_the_logits(tiny_luke):
         numpy.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
         numpy.testing.assert_allclose(a.logits, alone.logits, atol=1e-5)
     # the long Doc needs several passes, and the batch mixes window lengths of all Docs
-    assert len(batched.get_pipe("luke_ner").plan(docs[1:2])) > 1
+    assert len(batched.get_pipe("luke_ner").runtime.plan(docs[1:2])) > 1
 
 
 def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
@@ -480,14 +480,14 @@ def test_error_handler_gets_the_failing_doc_and_the_others_are_annotated(tiny_lu
     ner = nlp.get_pipe("luke_ner")
     texts = [TEXTS[0], "BOOM breaks here .", TEXTS[1], TEXTS[4]]
     expected = [ents_of(nlp(t)) for t in (TEXTS[0], TEXTS[1], TEXTS[4])]
-    word_ids = ner._word_ids
+    word_ids = ner.runtime.word_ids
 
     def fragile(doc):
         if doc[0].text == "BOOM":
             raise RuntimeError("cannot tokenize BOOM")
         return word_ids(doc)
 
-    monkeypatch.setattr(ner, "_word_ids", fragile)
+    monkeypatch.setattr(ner.runtime, "word_ids", fragile)
     seen = []
     nlp.set_error_handler(lambda name, proc, docs, err: seen.append((name, docs, str(err))))
     done = list(nlp.pipe(texts, batch_size=8))

@@ -168,26 +168,73 @@ def test_pretrained_only_checkpoint(tmp_path, tiny_luke):
     assert get_objects(nlp.get_pipe("luke_ner").model).transformer.classifier.out_features == 3
 
 
-def test_get_loss_equals_update_loss(tiny_luke):
-    nlp = make_nlp(tiny_luke, max_entity_length=4)  # several chunks per sentence
+def test_update_is_get_loss_of_each_forward_batch(tiny_luke):
+    """update runs the model's begin_update on each forward batch and get_loss on its
+    scores: the mean cross-entropy over every candidate span of the update, whose gradient
+    is torch's for the same loss."""
+    nlp = make_nlp(tiny_luke, max_entity_length=4, max_batch_items=64)  # chunks, batches
     examples = custom_examples(nlp)
     nlp.initialize(lambda: examples)
     ner = nlp.get_pipe("luke_ner")
-    scores = ner.span_scores([eg.predicted for eg in examples])
-    loss, grads = ner.get_loss(examples, scores)
-    # Independent cross-entropy over all candidate spans.
+    runtime = ner.runtime
+    docs = [eg.predicted for eg in examples]
+    batches = runtime.update_batches(docs, [runtime.sentences(doc) for doc in docs])
+    assert len(batches) > 1
+    n_spans = sum(len(p.spans) for b in batches for p in b.passes)
+    assert all(b.n_spans == n_spans for b in batches)
     label_ids = {label: i for i, label in enumerate(("NIL", "ANIMAL", "FOOD"))}
-    total, n = 0.0, 0
-    for eg, score in zip(examples, scores):
-        gold = {(e.start, e.end): label_ids[e.label_] for e in eg.reference.ents}
-        for (s, e), row in zip(score.spans.tolist(), score.logits):
-            log_z = numpy.log(numpy.exp(row - row.max()).sum()) + row.max()
-            total += log_z - row[gold.get((s, e), 0)]
-            n += 1
-    assert loss == pytest.approx(total / n, rel=1e-5)
-    assert [g.shape for g in grads] == [s.logits.shape for s in scores]
-    update_loss = nlp.update(examples, sgd=None, drop=0.0)["luke_ner"]
-    assert update_loss == pytest.approx(loss, rel=1e-4)
+    total = 0.0
+    for batch in batches:
+        scores = ner.model.predict(batch)
+        loss, d_logits = ner.get_loss(examples, scores)
+        assert d_logits.shape == scores.logits.shape
+        logits = torch.tensor(scores.logits, requires_grad=True)
+        rows, targets = [], []
+        for row, p in enumerate(batch.passes):
+            gold = {(e.start, e.end): label_ids[e.label_] for e in examples[p.doc].reference.ents}
+            rows += [(row, k) for k in range(len(p.spans))]
+            targets += [gold.get(tuple(span), 0) for span in p.spans]
+        picked = logits[[r for r, _ in rows], [k for _, k in rows]]
+        expected = torch.nn.functional.cross_entropy(
+            picked, torch.tensor(targets), reduction="sum"
+        ) / n_spans
+        expected.backward()
+        assert loss == pytest.approx(expected.item(), rel=1e-5)
+        numpy.testing.assert_allclose(d_logits, logits.grad.numpy(), atol=1e-7)
+        total += loss
+    assert nlp.update(examples, sgd=None, drop=0.0)["luke_ner"] == pytest.approx(total, rel=1e-5)
+
+
+def test_training_trains_only_passes_with_candidates(tiny_luke):
+    """With set_trf_data, inference also runs span-less passes (so every subword gets a
+    state); an update plans none of them."""
+    nlp = make_nlp(tiny_luke, set_trf_data=True)
+    examples = custom_examples(nlp)
+    # a sentence of one word longer than max_mention_length: no candidate
+    url = "https://www.example.com/a/very/long/path/to/some/page.html?query=1"
+    words, starts = [url, "My", "cat", "eats", "rice"], [True, True, False, False, False]
+    ref = Doc(nlp.vocab, words=words, sent_starts=starts)
+    ref.ents = [Span(ref, 2, 3, label="ANIMAL"), Span(ref, 4, 5, label="FOOD")]
+    examples.append(Example(Doc(nlp.vocab, words=words, sent_starts=starts), ref))
+    nlp.initialize(lambda: examples)
+    ner = nlp.get_pipe("luke_ner")
+    assert any(not p.spans for p in ner.runtime.plan([examples[-1].predicted]))
+    seen = []
+    ner.runtime.on_batch = seen.append
+    nlp.update(examples, sgd=None, drop=0.1)
+    assert seen and all(p.spans for batch in seen for p in batch)
+
+
+def test_dropout_goes_through_thinc(tiny_luke):
+    """update sets the rate with thinc's set_dropout_rate; the backend applies it."""
+    nlp = make_nlp(tiny_luke)
+    examples = custom_examples(nlp)
+    nlp.initialize(lambda: examples)
+    ner = nlp.get_pipe("luke_ner")
+    nlp.update(examples, sgd=None, drop=0.25)
+    assert ner.model.attrs["dropout_rate"] == 0.25
+    rates = {m.p for m in get_scorer(ner.model).modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.25}
 
 
 def test_uncoverable_gold_entities_are_reported(tiny_luke):
@@ -332,7 +379,7 @@ def test_scaled_gradients_are_unscaled_once(tiny_luke, monkeypatch):
         ner = nlp.get_pipe("luke_ner")
         if scaled:
             shim = ner.model.shims[0]
-            shim._grad_scaler = CPUGradScaler(enabled=True, init_scale=2.0**10)
+            shim.grad_scaler = CPUGradScaler(enabled=True, init_scale=2.0**10)
             monkeypatch.setattr(shim, "_mixed_precision_on", lambda: True)
         for batch in (examples[:2], examples[2:]):
             nlp.update(batch, sgd=False, drop=0.0)

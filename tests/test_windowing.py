@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy
 import pytest
 from conftest import recipe_context
 
@@ -265,17 +266,10 @@ CLS, SEP, PAD, MASK_ENT, PAD_ENT = 0, 2, 1, 2, 0
 
 
 def _collate(passes, mml):
-    from luke_spacy.encoding import collate
+    from luke_spacy.encoding import SpecialIds, collate
 
-    return collate(
-        passes,
-        cls_id=CLS,
-        sep_id=SEP,
-        pad_id=PAD,
-        mask_entity_id=MASK_ENT,
-        pad_entity_id=PAD_ENT,
-        max_mention_length=mml,
-    )
+    ids = SpecialIds(cls=CLS, sep=SEP, pad=PAD, mask_entity=MASK_ENT, pad_entity=PAD_ENT)
+    return collate(passes, ids, mml)
 
 
 # words: [10] [11 12] [] [13] [14 15 16]; offsets 0 1 3 3 4 7
@@ -286,7 +280,9 @@ SENTENCES = [(0, 2), (2, 5)]
 def test_plan_doc_document_context_hand_checked():
     from luke_spacy.encoding import RecipeSettings, plan_doc
 
-    settings = RecipeSettings(max_mention_length=3, max_entity_length=128, max_length=510)
+    settings = RecipeSettings(
+        max_mention_length=3, max_entity_length=128, max_length=510, document_context=True
+    )
     passes = list(plan_doc(7, WORD_IDS, SENTENCES, settings))
     assert len(passes) == 2
     p0, p1 = passes
@@ -336,13 +332,15 @@ def test_plan_doc_sentence_context_and_padding():
         [-1, -1, -1, -1, -1],
     ]
     for key in ("input_ids", "entity_ids", "entity_position_ids", "entity_start_positions"):
-        assert t[key].dtype.is_floating_point is False
+        assert t[key].dtype == numpy.int64
 
 
 def test_plan_doc_chunks_share_the_window():
     from luke_spacy.encoding import RecipeSettings, plan_doc
 
-    settings = RecipeSettings(max_mention_length=3, max_entity_length=2, max_length=510)
+    settings = RecipeSettings(
+        max_mention_length=3, max_entity_length=2, max_length=510, document_context=True
+    )
     passes = list(plan_doc(0, WORD_IDS, SENTENCES, settings))
     # sentence 0 has 3 spans -> 2 chunks of sizes 2 and 1; sentence 1 has 2 -> 1 chunk
     assert [p.spans for p in passes] == [[(0, 1), (0, 2)], [(1, 2)], [(3, 4), (4, 5)]]
@@ -459,7 +457,9 @@ def test_long_sentence_gets_balanced_context_from_its_own_sentence():
     from luke_spacy.encoding import RecipeSettings, plan_doc
 
     word_ids = [(100 + i,) for i in range(30)]
-    doc_settings = RecipeSettings(max_mention_length=2, max_entity_length=128, max_length=10)
+    doc_settings = RecipeSettings(
+        max_mention_length=2, max_entity_length=128, max_length=10, document_context=True
+    )
     sent_settings = RecipeSettings(
         max_mention_length=2, max_entity_length=128, max_length=10, document_context=False
     )
