@@ -21,6 +21,7 @@ that disagrees with the slow one on a probe list when built, is not used at all.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import struct
 import unicodedata
@@ -66,6 +67,12 @@ PROBE_WORDS = (
 # Word types kept in a WordTokenizer's cache (200-330 bytes each, measured): a stream of new
 # vocabulary cannot grow memory beyond a few tens of MB, and all CoNLL-2003 word types fit.
 CACHE_SIZE = 50_000
+# The fast tokenizers encode batches on a thread pool that does not survive a fork. When a
+# process forks after using it, `tokenizers` switches it off in the child and prints a warning
+# there, once per worker of `nlp.pipe(n_process=...)`. Setting the variable before such a fork
+# gives the child what tokenizers would choose anyway, without the warning; the parent gets
+# its environment back right after (`_ForkGuard`).
+PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
 
 
 class WordTokenizer:
@@ -170,6 +177,7 @@ class WordTokenizer:
         if batch_words:
             # encode_batch_fast (tokenizers >= 0.21) skips the character offsets.
             encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
+            _fork_guard.used = True
             encodings = encode(batch_words, add_special_tokens=False)
             for i, encoding in zip(batch_index, encodings):
                 out[i] = tuple(encoding.ids)
@@ -215,6 +223,30 @@ class WordTokenizer:
             )
             return None
         return fast
+
+
+class _ForkGuard:
+    """Sets TOKENIZERS_PARALLELISM=false across a fork once a fast tokenizer has been used,
+    unless the user has set it."""
+
+    def __init__(self) -> None:
+        self.used = False
+        self._set = False
+
+    def before(self) -> None:
+        if self.used and PARALLELISM_ENV not in os.environ:
+            os.environ[PARALLELISM_ENV] = "false"
+            self._set = True
+
+    def after_in_parent(self) -> None:
+        if self._set:
+            os.environ.pop(PARALLELISM_ENV, None)
+            self._set = False
+
+
+_fork_guard = _ForkGuard()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_fork_guard.before, after_in_parent=_fork_guard.after_in_parent)
 
 
 def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:

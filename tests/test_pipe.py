@@ -176,7 +176,7 @@ def test_existing_entities_are_replaced_with_overwrite_ents(tiny_luke, nlp):
 
 
 @pytest.mark.parametrize("n_process", [1, 2])
-def test_nlp_pipe_matches_single_calls(nlp, n_process):
+def test_nlp_pipe_matches_single_calls(nlp, n_process, capfd):
     texts = TEXTS * 3
     single = [ents_of(nlp(t)) for t in texts]
     docs = list(nlp.pipe(texts, n_process=n_process, batch_size=4))
@@ -184,6 +184,8 @@ def test_nlp_pipe_matches_single_calls(nlp, n_process):
     assert [ents_of(d) for d in docs] == single
     for doc in docs:
         assert len(doc.spans["luke_ner"].attrs["scores"]) == len(doc.ents)
+    # forked workers after the parent tokenized: no warning from the tokenizers library
+    assert "forked" not in "".join(capfd.readouterr())
 
 
 def test_scores_are_probabilities_of_the_entities(nlp):

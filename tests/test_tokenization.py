@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import shutil
@@ -427,3 +428,26 @@ def test_cache_drops_the_least_recently_used(luke_tokenizer):
     wt(["a"])  # a is used again: b is now the least recently used
     wt(["d"])
     assert list(wt._cache) == ["c", "a", "d"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_fork_after_fast_tokenization_prints_no_warning(tiny_luke, capfd, monkeypatch):
+    """`nlp.pipe(n_process=2)` forks workers after the parent has tokenized: the tokenizers
+    library used to print its "just got forked" warning in every worker."""
+    monkeypatch.delenv(tokenization.PARALLELISM_ENV, raising=False)
+    wt = WordTokenizer(AutoTokenizer.from_pretrained(str(tiny_luke)))
+    require_fast(wt)
+    expected = [wt.encode(f"word{i}") for i in range(300)]
+    assert wt([f"word{i}" for i in range(300)]) == expected  # the fast path ran
+    pid = os.fork()
+    if pid == 0:  # a worker: tokenizes new words, then leaves without Python's clean-up
+        code = 1
+        try:
+            code = 0 if wt([f"word{i}" for i in range(300, 600)])[0] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    out, err = capfd.readouterr()
+    assert "forked" not in out + err
+    assert tokenization.PARALLELISM_ENV not in os.environ  # the parent keeps its threads
