@@ -1,0 +1,81 @@
+"""`NerSettings`: one owner of the settings, validated once, with the only defaults."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import fields
+from typing import get_args
+
+import pytest
+import spacy
+from confection import Config
+
+from luke_spacy import NerSettings, make_luke_ner
+from luke_spacy.model import build_luke_span_classifier
+from luke_spacy.pipe import DEFAULT_CONFIG
+from luke_spacy.settings import Attention, Context, DType, config_defaults
+
+BAD = [
+    ({"max_mention_length": 0}, "max_mention_length"),
+    ({"max_mention_length": -3}, "max_mention_length"),
+    ({"max_mention_length": True}, "max_mention_length"),
+    ({"max_entity_length": 1.5}, "max_entity_length"),
+    ({"max_length": 0}, "max_length"),
+    ({"max_batch_items": 0}, "max_batch_items"),
+    ({"max_mention_length": 40, "max_length": 20}, "max_mention_length"),
+    ({"context": "paragraph"}, "context"),
+    ({"dtype": "int8"}, "dtype"),
+    ({"attention": "flash"}, "attention"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"threshold": -0.1}, "threshold"),
+    ({"threshold": "high"}, "threshold"),
+]
+
+
+@pytest.mark.parametrize("kwargs,key", BAD)
+def test_invalid_settings_name_the_setting(kwargs, key):
+    with pytest.raises(ValueError, match=f"luke_ner: {key}"):
+        NerSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "key,choices", [("context", Context), ("dtype", DType), ("attention", Attention)]
+)
+def test_allowed_values_are_the_literal_types(key, choices):
+    for value in get_args(choices):
+        assert getattr(NerSettings(**{key: value}), key) == value
+    with pytest.raises(ValueError) as info:
+        NerSettings(**{key: "other"})
+    assert str(get_args(choices)) in str(info.value)
+
+
+def test_the_default_config_is_written_from_the_settings():
+    defaults = NerSettings()
+    section = Config().from_str(config_defaults("luke_ner"))["luke_ner"]
+    assert section == defaults.to_dict()
+    filled = spacy.blank("en").add_pipe("luke_ner").settings  # nothing is read at add_pipe
+    assert filled == defaults
+    component = DEFAULT_CONFIG["luke_ner"]
+    assert {k: v for k, v in component.items() if k in section} == section
+
+
+def test_the_model_defaults_are_the_architectures():
+    model = dict(DEFAULT_CONFIG["luke_ner"]["model"])
+    assert model.pop("@architectures") == "luke_spacy.LukeSpanClassifier.v1"
+    signature = inspect.signature(build_luke_span_classifier).parameters
+    assert model == {key: signature[key].default for key in model}
+
+
+def test_the_factory_takes_every_setting_and_only_those():
+    parameters = set(inspect.signature(make_luke_ner).parameters)
+    assert parameters == {f.name for f in fields(NerSettings)} | {"nlp", "name", "model", "scorer"}
+
+
+def test_a_model_given_as_a_string_says_what_shape_is_expected():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError) as info:
+        nlp.add_pipe("luke_ner", config={"model": "/path/to/checkpoint"})
+    message = str(info.value)
+    assert "{'model': {'name': '/path/to/checkpoint'}}" in message
+    assert '[components.luke_ner.model] name = "/path/to/checkpoint"' in message
+    assert len(message.splitlines()) == 1 and "thinc" not in message
