@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -185,3 +187,27 @@ def test_load_time_config_overrides_are_applied(tiny_luke, tmp_path):
     # what the component does must follow the config it reports
     assert pipe.cfg["max_mention_length"] == 2
     assert pipe.cfg["context"] == "sentence"
+
+
+SAVED_BY_94AFFBC = Path(__file__).resolve().parent / "data" / "pipeline-94affbc"
+
+
+def test_a_pipeline_saved_by_an_earlier_version_loads_unchanged(tmp_path, no_network):
+    """A pipeline folder that luke_spacy 94affbc wrote (tests/data/README.md), whose config
+    names a checkpoint folder that is gone, loads offline and gives the entities and scores
+    that version gave; saving it again writes the same cfg and checkpoint files."""
+    expected = json.loads((SAVED_BY_94AFFBC / "expected.json").read_text(encoding="utf8"))
+    saved = SAVED_BY_94AFFBC / "pipeline"
+    nlp = spacy.load(saved)
+    assert not Path(nlp.config["components"]["luke_ner"]["model"]["name"]).exists()
+    assert nlp.get_pipe("luke_ner").labels == tuple(expected["labels"])
+    for text, ents, scores in zip(expected["texts"], expected["entities"], expected["scores"]):
+        doc = nlp(text)
+        assert [[e.start, e.end, e.label_] for e in doc.ents] == ents
+        numpy.testing.assert_allclose(doc.spans["luke_ner"].attrs["scores"], scores, atol=1e-6)
+    assert sum(map(len, expected["entities"])) > 20
+    nlp.to_disk(tmp_path / "again")
+    old, new = saved / "luke_ner", tmp_path / "again" / "luke_ner"
+    assert json.loads((new / "cfg").read_text()) == json.loads((old / "cfg").read_text())
+    names = [sorted(p.name for p in (folder / "model").iterdir()) for folder in (old, new)]
+    assert names[0] == names[1] and "model.safetensors" in names[0]
