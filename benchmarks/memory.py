@@ -153,7 +153,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
         counts["passes"] += len(batch_passes)
         counts["spans"] += sum(len(p.spans) for p in batch_passes)
 
-    pipe.on_batch = count
+    pipe.runtime.on_batch = count
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -174,7 +174,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     result: Dict[str, Any] = {
         "chars": len(doc.text),
         "words": len(doc),
-        "sentences": len(pipe.sentences(doc)),
+        "sentences": len(pipe.runtime.sentences(doc)),
         "sentence_boundaries": args.sentences,
         "passes": counts["passes"],
         "candidate_spans": counts["spans"],
@@ -206,7 +206,7 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
         result["cuda_extra_mib"] = round(
             (torch.cuda.max_memory_allocated() - cuda_before) / 2**20, 1
         )
-    pipe.on_batch = None
+    pipe.runtime.on_batch = None
     return result
 
 
@@ -229,7 +229,7 @@ def stream_child(args: argparse.Namespace) -> Dict[str, Any]:
     from spacy.vocab import Vocab
 
     torch.set_num_threads(args.threads)
-    nlp, _ = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
+    nlp = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
     pipe = component(nlp)
     rng = random.Random(0)
 
@@ -240,9 +240,10 @@ def stream_child(args: argparse.Namespace) -> Dict[str, Any]:
             yield Doc(Vocab(), words=words)
 
     list(nlp.pipe(docs(20)))
-    pipe._word_tokenizer.cache_size = args.cache_sizes[0]
+    words = pipe.runtime.word_tokenizer
+    words.cache_size = args.cache_sizes[0]
     every = max(1, args.stream_docs // 10)
-    pipe._word_tokenizer._cache.clear()
+    words._cache.clear()
     points = [{"docs": 0, "rss_mib": round(malloc_trim_rss() / 1024, 1), "cached_types": 0}]
     start = time.perf_counter()
     for i, _ in enumerate(nlp.pipe(docs(args.stream_docs), batch_size=64), 1):
@@ -251,8 +252,8 @@ def stream_child(args: argparse.Namespace) -> Dict[str, Any]:
                 {
                     "docs": i,
                     "rss_mib": round(malloc_trim_rss() / 1024, 1),
-                    "cached_types": len(pipe._word_tokenizer._cache),
-                    "cache_mib": round(cache_bytes(pipe._word_tokenizer._cache) / 2**20, 1),
+                    "cached_types": len(words._cache),
+                    "cache_mib": round(cache_bytes(words._cache) / 2**20, 1),
                 }
             )
     half = points[len(points) // 2]
