@@ -478,6 +478,18 @@ def test_closed_pipe_exits_quietly(tiny_luke, tmp_path):
     assert code == 141 and err == ""
 
 
+def wait_until_mapped(process: subprocess.Popen, library: str, timeout: float = 60) -> None:
+    """Return once the process has loaded a shared library (its /proc maps name it)."""
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if library in maps.read_text(errors="replace"):
+            return
+        time.sleep(0.005)  # poll interval
+    pytest.fail(f"the process never loaded {library} (exit status {process.poll()})")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 def test_ctrl_c_during_start_up(tiny_luke):
     # stdin stays open and empty, so a signal that comes after start-up (a fast machine)
     # finds the command waiting for input, which must end the same way.
@@ -489,7 +501,9 @@ def test_ctrl_c_during_start_up(tiny_luke):
         env=OFFLINE_ENV,
     )
     try:
-        time.sleep(0.5)  # importing torch and spaCy
+        # The command imports torch only once its main() runs: the signal comes while
+        # torch (and spaCy) are being imported, whatever the machine's speed.
+        wait_until_mapped(process, "libtorch")
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:

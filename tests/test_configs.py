@@ -10,10 +10,6 @@ from spacy.cli.debug_config import debug_config
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.cfg"))
 
 
-def test_configs_exist():
-    assert {path.name for path in CONFIGS} >= {"luke_ner.cfg", "luke_ner_custom.cfg"}
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_spacy_debug_config_accepts(path, tmp_path, capsys):
     """As a user runs it: the data paths given on the command line, nothing else filled in.

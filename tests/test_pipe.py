@@ -68,9 +68,25 @@ def ents_of(doc):
     return [(e.start, e.end, e.label_) for e in doc.ents]
 
 
-def test_factory_is_an_entry_point():
-    eps = importlib.metadata.entry_points(group="spacy_factories")
-    assert {ep.name: ep.value for ep in eps}["luke_ner"] == "luke_spacy.pipe:make_luke_ner"
+@pytest.mark.parametrize(
+    "group,registry",
+    [
+        ("spacy_factories", "factories"),
+        ("spacy_architectures", "architectures"),
+        ("spacy_readers", "readers"),
+    ],
+)
+def test_entry_points_give_what_spacy_resolves(group, registry):
+    """spaCy finds the package through its entry points: each one loads, and spaCy's lookup
+    of its name gives that same function."""
+    eps = [ep for ep in importlib.metadata.entry_points(group=group) if "luke" in ep.name]
+    assert eps
+    for ep in eps:
+        if registry == "factories":
+            spacy.blank("en")  # a Language imports the factories' entry points
+            assert spacy.Language.has_factory(ep.name)
+        function = ep.load()
+        assert getattr(spacy.registry, registry).get(ep.name) is function
 
 
 @pytest.mark.parametrize(
@@ -441,28 +457,39 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     )
 
 
-def test_threshold_drops_unlikely_spans_and_spacy_find_threshold_tunes_it(tiny_luke, tmp_path):
-    from spacy.cli.find_threshold import find_threshold
-    from spacy.tokens import DocBin
+THRESHOLD_TEXTS = [t for t in TEXTS if t] * 2
 
+
+def thresholded(tiny_luke, cut):
+    """Docs annotated with `threshold = cut`, checked against decoding the span scores."""
     from luke_spacy.decoding import decode_logits, softmax
 
-    texts = [t for t in TEXTS if t] * 2
     nlp = make_nlp(tiny_luke)
     ner = nlp.get_pipe("luke_ner")
-    scores = ner.span_scores([nlp.make_doc(t) for t in texts])
+    scores = ner.span_scores([nlp.make_doc(t) for t in THRESHOLD_TEXTS])
     best = numpy.concatenate([softmax(s.logits).max(axis=1) for s in scores])
-    cut = 0.6
     assert (best < cut).any() and (best >= cut).any()
     strict = make_nlp(tiny_luke, threshold=cut)
     gold = []
-    for text, score in zip(texts, scores):
+    for text, score in zip(THRESHOLD_TEXTS, scores):
         doc = strict(text)
         expected = decode_logits(score.spans, score.logits, threshold=cut)
         assert ents_of(doc) == sorted((s, e, ner.labels[i - 1]) for (s, e), i, _ in expected)
         gold.append(doc)
-    assert sum(map(len, (d.ents for d in gold))) < sum(len(nlp(t).ents) for t in texts)
+    assert sum(map(len, (d.ents for d in gold))) < sum(len(nlp(t).ents) for t in THRESHOLD_TEXTS)
+    return nlp, gold
 
+
+def test_threshold_drops_unlikely_spans(tiny_luke):
+    thresholded(tiny_luke, 0.6)
+
+
+@pytest.mark.slow  # spaCy reloads the pipeline for each of 6 thresholds: ~15 s
+def test_spacy_find_threshold_tunes_the_threshold(tiny_luke, tmp_path):
+    from spacy.cli.find_threshold import find_threshold
+    from spacy.tokens import DocBin
+
+    nlp, gold = thresholded(tiny_luke, 0.6)
     # spaCy's find-threshold reloads the pipeline with each threshold; gold made at 0.6
     # is matched exactly there, and nothing is predicted at 1.0.
     nlp.to_disk(tmp_path / "pipeline")

@@ -151,6 +151,7 @@ name = "{name}"
 """
 
 
+@pytest.mark.slow  # a subprocess that imports torch and spaCy: ~15 s
 def test_config_round_trip_with_spacy_assemble(private_checkpoint, tmp_path):
     config = tmp_path / "config.cfg"
     config.write_text(CONFIG.format(name=private_checkpoint.as_posix()))
