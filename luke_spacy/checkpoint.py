@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .errors import CheckpointError
+
 SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -42,10 +44,6 @@ SENTENCEPIECE_MISSING = (
     "mLUKE's tokenizer needs the sentencepiece package: pip install 'luke-spacy[mluke]' "
     "(or pip install sentencepiece)."
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded or cannot do span classification."""
 
 
 def check_folder(path: Path) -> Dict[str, List[int]]:

@@ -30,6 +30,7 @@ from .checkpoint import (
     tokenizer_settings,
     verify_tokenizer_settings,
 )
+from .errors import error_line
 
 # Name of label 0 in a freshly initialized head, as in LUKE's own NER code.
 NO_ENTITY = "NIL"
@@ -316,7 +317,8 @@ def load_checkpoint(
         raise CheckpointError(_load_failure(name, err)) from err
     except RuntimeError as err:  # e.g. a size mismatch in weights that are not safetensors
         raise CheckpointError(
-            f"The weights of '{name}' do not match its config.json ({_describe(err)})."
+            f"The weights of '{name}' do not match its config.json "
+            f"({error_line(err, with_type=True)})."
         ) from err
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
@@ -372,7 +374,7 @@ def save_checkpoint(objects: HFObjects, path: Path) -> None:
 def _load_failure(name: str, err: Exception) -> str:
     """The message of a checkpoint that could not be found: the fix first, then the cause."""
     if os.path.isdir(name):
-        return f"Could not load the checkpoint folder '{name}' ({_describe(err)})."
+        return f"Could not load the checkpoint folder '{name}' ({error_line(err, with_type=True)})."
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     cause = (
         "the Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
@@ -387,7 +389,7 @@ def _load_failure(name: str, err: Exception) -> str:
         "{'name': '/path/to/folder'}}); config: [components.luke_ner.model] name = "
         '"/path/to/folder"), or for a smoke run with random weights write one with '
         f"`luke-spacy random-model /path/to/folder`. Cause: {cause} "
-        f"({_describe(err)})."
+        f"({error_line(err, with_type=True)})."
     )
 
 
@@ -402,16 +404,10 @@ def _tokenizer_failure(name: str, is_local: bool, err: Exception) -> str:
             )
         return (
             f"Could not load the tokenizer of the checkpoint folder '{name}' "
-            f"({_describe(err)}); check its tokenizer files "
+            f"({error_line(err, with_type=True)}); check its tokenizer files "
             "(tokenizer_config.json, the vocabulary, entity_vocab.json)."
         )
     return _load_failure(name, err)
-
-
-def _describe(err: Exception) -> str:
-    """An exception's type and the first line of its message."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def check_device(device: Optional[str]) -> None:
