@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import srsly
 import torch
@@ -21,6 +21,7 @@ from .checkpoint import (
     SPAN_CLASSIFIER,
     CheckpointError,
     check_folder,
+    check_loaded_keys,
     check_weight_shapes,
     labels_from_id2label,
     missing_local_folder,
@@ -29,6 +30,7 @@ from .checkpoint import (
     save_tokenizer_settings,
     tokenizer_settings,
     verify_tokenizer_settings,
+    weights_file,
 )
 from .errors import error_line
 
@@ -310,8 +312,8 @@ def load_checkpoint(
     if is_local:
         verify_tokenizer_settings(Path(name), tokenizer_settings(tokenizer, ids))
     try:
-        hf_model = LukeForEntitySpanClassification.from_pretrained(
-            name, config=config, **kwargs, **head_kwargs
+        hf_model, loading_info = LukeForEntitySpanClassification.from_pretrained(
+            name, config=config, output_loading_info=True, **kwargs, **head_kwargs
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
@@ -320,6 +322,17 @@ def load_checkpoint(
             f"The weights of '{name}' do not match its config.json "
             f"({error_line(err, with_type=True)})."
         ) from err
+    if has_head:
+        # transformers fills tensors the weights lack with random values and drops the ones
+        # the config has no place for, and says so only in a log (which loading lowers).
+        # A pretrained-only checkpoint gets its new head here, as it should.
+        weights = weights_file(Path(name)) if is_local else None
+        check_loaded_keys(
+            f"'{weights}'" if weights is not None else f"of '{name}'",
+            loading_info["missing_keys"],
+            [*loading_info["unexpected_keys"], *_keys(loading_info.get("mismatched_keys", ()))],
+            new_head=bool(head_kwargs),
+        )
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
 
@@ -408,6 +421,11 @@ def _tokenizer_failure(name: str, is_local: bool, err: Exception) -> str:
             "(tokenizer_config.json, the vocabulary, entity_vocab.json)."
         )
     return _load_failure(name, err)
+
+
+def _keys(entries: Iterable[Any]) -> List[str]:
+    """The keys of transformers' mismatched_keys (older versions give (key, shape, shape))."""
+    return [entry if isinstance(entry, str) else entry[0] for entry in entries]
 
 
 def check_device(device: Optional[str]) -> None:
