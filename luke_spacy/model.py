@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -373,15 +375,37 @@ def entity_ids(tokenizer: Any, name: str = "") -> Tuple[int, int]:
 
 
 def save_checkpoint(objects: HFObjects, path: Path) -> None:
-    """Write config, safetensors weights and tokenizer files into a folder."""
+    """Write config, safetensors weights and tokenizer files into a folder.
+
+    Every writer of checkpoints (`nlp.to_disk`, `spacy assemble`, `spacy package`,
+    `luke-spacy random-model`) comes through here, so the weights get the permissions of any
+    new file: safetensors writes them through a private temporary file (mode 0600), which a
+    pipeline shared with other users, or Ray workers under another account, could not read.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     objects.transformer.save_pretrained(str(path), safe_serialization=True)
+    mode = _new_file_mode(path)
+    for weights in path.glob("*.safetensors"):
+        os.chmod(weights, mode)
     objects.tokenizer.save_pretrained(str(path))
     # The tokenizer settings are part of the pipeline: loading refuses files that disagree.
     save_tokenizer_settings(
         path, tokenizer_settings(objects.tokenizer, entity_ids(objects.tokenizer))
     )
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permissions a new file in `folder` gets (0o666 less the umask, or what the folder's
+    default ACL gives), found by creating one: reading the umask means setting it, for every
+    thread of the process, for a moment."""
+    probe = folder / f".luke_spacy-mode-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _load_failure(name: str, err: Exception) -> str:
