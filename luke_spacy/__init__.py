@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # Public names and their modules, imported on first use: spaCy finds the component through the
 # package's entry points, and `luke-spacy` answers --help and Ctrl-C before torch is imported.
 _EXPORTS = {
-    "CheckpointError": "model",
+    "CheckpointError": "errors",
     "LukeEntityRecognizer": "pipe",
     "LukeRuntime": "runtime",
     "NerSettings": "settings",

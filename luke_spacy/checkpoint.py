@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from .errors import CheckpointError
 
 SPAN_CLASSIFIER = "LukeForEntitySpanClassification"
 CONFIG_NAME = "config.json"
@@ -37,14 +40,19 @@ TOKENIZER_FILES = {
 MAX_HEADER_BYTES = 100_000_000
 # Label 0 is the no-entity class: LUKE's checkpoints call it NIL, mLUKE's O.
 NO_ENTITY_LABELS = ("NIL", "O")
+# Keys that may be missing from the weights or left over in them without changing any span's
+# logits: position-id buffers that older transformers saved (4.6 saved
+# luke.embeddings.position_ids, which 4.53 has no place for), and the pooler, which span
+# classification never reads.
+HARMLESS_KEYS = re.compile(r"(^|\.)position_ids$|^(luke\.)?pooler\.")
+# The classifier: newly initialized when training for other labels.
+HEAD_KEYS = re.compile(r"^classifier\.")
+# Keys named in a message; the rest are counted.
+KEYS_SHOWN = 3
 SENTENCEPIECE_MISSING = (
     "mLUKE's tokenizer needs the sentencepiece package: pip install 'luke-spacy[mluke]' "
     "(or pip install sentencepiece)."
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded or cannot do span classification."""
 
 
 def check_folder(path: Path) -> Dict[str, List[int]]:
@@ -58,7 +66,7 @@ def check_folder(path: Path) -> Dict[str, List[int]]:
     if not path.is_dir():
         raise CheckpointError(_missing_folder(str(path)))
     read_config(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    if weights_file(path) is None:
         raise CheckpointError(
             f"The checkpoint folder '{path}' has no weights ({WEIGHTS_NAME} or "
             "pytorch_model.bin): the copy or download is incomplete."
@@ -76,9 +84,88 @@ def check_folder(path: Path) -> Dict[str, List[int]]:
                 f"The checkpoint folder '{path}' has no {name}, a file of its "
                 f"{tokenizer_class}: the copy or download is incomplete."
             )
+    if tokenizer_class == "LukeTokenizer":
+        check_bpe_files(path)
     if tokenizer_class == "MLukeTokenizer" and not has_sentencepiece():
         raise CheckpointError(f"'{path}' is an mLUKE checkpoint. {SENTENCEPIECE_MISSING}")
     return shapes
+
+
+def check_bpe_files(path: Path) -> None:
+    """Refuse an empty byte-level BPE vocabulary: a `vocab.json` without tokens (every text
+    then fails in the tokenizer) or a `merges.txt` without merges (the tokenizer loads, but
+    splits words into other subwords, and the model predicts other entities)."""
+    vocab_file, merges_file = path / "vocab.json", path / "merges.txt"
+    if not read_json(vocab_file, "the subword vocabulary"):
+        raise CheckpointError(
+            f"The vocabulary '{vocab_file}' holds no tokens; copy the checkpoint's own "
+            "vocab.json again."
+        )
+    try:
+        with open(merges_file, encoding="utf-8") as lines:
+            has_merge = any(line.strip() and not line.startswith("#version") for line in lines)
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"The merges file '{merges_file}' cannot be read ({err}).") from err
+    if not has_merge:
+        raise CheckpointError(
+            f"The merges file '{merges_file}' holds no merges (it is empty or only a header), "
+            "so the tokenizer would split words into other subwords than the model learned; "
+            "copy the checkpoint's own merges.txt again."
+        )
+
+
+def check_loaded_keys(
+    weights: str,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    *,
+    new_head: bool = False,
+) -> None:
+    """Refuse span classifier weights that do not fit its config: tensors the model needs and
+    the weights lack (they would stay random) or tensors of the weights the model has no place
+    for (ignored), e.g. after `num_hidden_layers` was edited or tensors were removed.
+
+    weights (str): The weights file or checkpoint, for the message.
+    missing (Iterable[str]): The model's keys the weights lack (transformers' loading info).
+    unexpected (Iterable[str]): The weights' keys the model has no place for.
+    new_head (bool): The classifier is newly initialized (training other labels), so its
+        keys are not needed.
+    """
+
+    def kept(keys: Iterable[str]) -> List[str]:
+        return sorted(
+            key
+            for key in keys
+            if not HARMLESS_KEYS.search(key) and not (new_head and HEAD_KEYS.search(key))
+        )
+
+    missing, unexpected = kept(missing), kept(unexpected)
+    problems = []
+    if missing:
+        problems.append(f"{_some(missing)} missing (they would be random)")
+    if unexpected:
+        problems.append(f"{_some(unexpected)} not used by the model")
+    if problems:
+        raise CheckpointError(
+            f"The weights {weights} do not fit its {CONFIG_NAME}: {'; '.join(problems)}. "
+            f"Restore the checkpoint's own {CONFIG_NAME} and weights: with an edited "
+            "num_hidden_layers or damaged weights it would predict other entities."
+        )
+
+
+def _some(keys: Sequence[str]) -> str:
+    """A few keys by name, then how many more."""
+    shown = ", ".join(keys[:KEYS_SHOWN])
+    more = f" and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
+    return f"{len(keys)} tensor(s) ({shown}{more})"
+
+
+def weights_file(path: Path) -> Optional[Path]:
+    """The weights file of a local checkpoint folder that transformers reads, or None."""
+    for name in WEIGHT_FILES:
+        if (Path(path) / name).is_file():
+            return Path(path) / name
+    return None
 
 
 def read_config(path: Path) -> Dict[str, Any]:

@@ -20,69 +20,26 @@ cannot be loaded) or the output cannot be written (e.g. a full disk); 130 interr
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import os
-import re
+import stat
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 # Light imports only: torch, spaCy and transformers are imported inside the commands, so that
 # --help is quick and Ctrl-C during start-up exits cleanly.
 from . import __version__
+from .errors import PROG, CLIError
+from .reading import Item, Source, check_readable, count_lines, read_args, read_sources
 
-PROG = "luke-spacy"
 STDIN = "-"
 ON_ERROR = ("skip", "record", "stop")
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-JSON_TYPES = {
-    type(None): "null",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    str: "a string",
-    list: "an array",
-    dict: "an object",
-}
-
-
-class CLIError(Exception):
-    """An error reported as one message on stderr, with an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Source:
-    """An input stream: a file, or stdin when `path` is None."""
-
-    path: Optional[Path]
-    jsonl: bool
-
-    @property
-    def name(self) -> str:
-        return "<stdin>" if self.path is None else str(self.path)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input record: its text and meta, or why it cannot be annotated."""
-
-    source: str
-    text: Optional[str] = None
-    meta: Optional[Dict[str, Any]] = None
-    error: Optional[str] = None
-    warning: Optional[str] = None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -211,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
             "smoke runs and speed benchmarks) and print its folder."
         ),
     )
-    random_model.add_argument("out", metavar="OUT", help="output folder")
+    random_model.add_argument("out", metavar="OUT", help="output folder (new or empty)")
+    random_model.add_argument(
+        "--force",
+        action="store_true",
+        help="write into OUT even when it holds files (they may be overwritten)",
+    )
     random_model.add_argument(
         "--size",
         choices=("tiny", "full"),
@@ -253,15 +215,16 @@ def run_annotate(args: argparse.Namespace) -> int:
     # --- end ray engine ---
     sources, texts = _sources(args)
     for source in sources:
-        _check_readable(source)
+        check_readable(source)
+    _refuse_overwriting(sources, args.output, args.html)
     # A progress bar for files only, with a total when every input is a regular file.
     files = [source.path for source in sources if source.path is not None]
     show_progress = bool(files) and not args.no_progress
     total = None
     if show_progress and len(files) == len(sources) and all(path.is_file() for path in files):
-        total = sum(_count_lines(path) for path in files)
+        total = sum(count_lines(path) for path in files)
     nlp, spans_keys = _load(args)
-    items = _read_args(texts) if texts is not None else _read_sources(sources, args.text_field)
+    items = read_args(texts) if texts is not None else read_sources(sources, args.text_field)
     output = Output(args.output)
     progress = None
     if show_progress:
@@ -279,6 +242,41 @@ def run_annotate(args: argparse.Namespace) -> int:
         output.close()
         if progress is not None:
             progress.close()
+
+
+def _refuse_overwriting(sources: List[Source], output: str, html: Optional[str]) -> None:
+    """Refuse an --output or --html that names an input or the other written file, before
+    anything is opened for writing: opening it would empty it. Also when the paths differ but
+    name one file (./name, a symbolic or hard link)."""
+    read = [("--input", source.name) for source in sources if source.path is not None]
+    written = [
+        (option, name)
+        for option, name in (("--output", output), ("--html", html))
+        if name is not None and name != STDIN
+    ]
+    for i, (option, name) in enumerate(written):
+        for other_option, other in read + written[:i]:
+            if not _same_file(Path(name), Path(other)):
+                continue
+            if other_option == "--input":
+                why = "it would be emptied before it is read"
+            else:
+                why = "each needs a file of its own"
+            raise CLIError(
+                f"{option} {name} is the same file as {other_option} {other}: {why}; "
+                f"give {option} another path"
+            )
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one regular file, or the same file to be (not there yet).
+    Terminals and devices (/dev/stdout, /dev/null) may be read and written at once."""
+    try:
+        first, second = path.stat(), other.stat()
+    except OSError:  # not there yet: two spellings of one future file?
+        return os.path.realpath(path) == os.path.realpath(other)
+    same = (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return same and stat.S_ISREG(first.st_mode)
 
 
 def _open_html(stack: ExitStack, path: str) -> Any:
@@ -319,7 +317,7 @@ def _annotate(
     html: Optional[Any] = None,
 ) -> int:
     """Annotate and write every item in order; report and handle bad ones per --on-error.
-    Good records are also added to the `--html` page when there is one."""
+    The `--html` page, when there is one, shows the records written to the output."""
     from .records import doc_to_record, error_record, pipeline_error
 
     n_items = n_failed = 0
@@ -339,7 +337,10 @@ def _annotate(
             n_failed += 1
             _say(f"error: {item.source}: {error}", progress)
             if args.on_error == "record":
-                output.write(error_record(error, item.source, text=item.text, meta=item.meta))
+                record = error_record(error, item.source, text=item.text, meta=item.meta)
+                output.write(record)
+                if html is not None:
+                    html.add(record)
             elif args.on_error == "stop":
                 output.flush()
                 _say("stopped at the first bad record (--on-error stop)", progress)
@@ -390,98 +391,6 @@ def _sources(args: argparse.Namespace) -> Tuple[List[Source], Optional[List[str]
     return sources, None
 
 
-def _check_readable(source: Source) -> None:
-    """Fail before loading the model when an input file cannot be read."""
-    if source.path is None:
-        return
-    if source.path.is_dir():
-        raise CLIError(f"cannot read --input {source.name}: is a folder")
-    try:
-        source.path.open("rb").close()
-    except FileNotFoundError as err:
-        raise CLIError(f"cannot read --input {source.name}: no such file") from err
-    except OSError as err:
-        raise CLIError(f"cannot read --input {source.name}: {err.strerror or err}") from err
-
-
-def _read_args(texts: Sequence[str]) -> Iterator[Item]:
-    for number, text in enumerate(texts, 1):
-        yield _text_item(f"argument {number}", text)
-
-
-def _read_sources(sources: Sequence[Source], text_field: str) -> Iterator[Item]:
-    """Stream the items of each source in order, one line at a time."""
-    for source in sources:
-        if source.path is None:
-            # Bytes, so that a line that is not UTF-8 is one bad record.
-            yield from _read_lines(source, getattr(sys.stdin, "buffer", sys.stdin), text_field)
-            continue
-        try:
-            with source.path.open("rb") as lines:
-                yield from _read_lines(source, lines, text_field)
-        except OSError as err:
-            raise CLIError(f"cannot read --input {source.name}: {err.strerror or err}") from err
-
-
-def _read_lines(
-    source: Source, lines: Iterable[Union[bytes, str]], text_field: str
-) -> Iterator[Item]:
-    """Text: one text per non-empty line (line break removed, other whitespace kept).
-    JSONL: one object per non-empty line; the other fields become the meta."""
-    for number, raw in enumerate(lines, 1):
-        where = f"{source.name}:{number}"
-        if isinstance(raw, bytes):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield Item(where, error=f"not UTF-8 (byte {err.start + 1}: {err.reason})")
-                continue
-        else:
-            line = raw
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        yield _json_item(where, line, text_field) if source.jsonl else _text_item(where, line)
-
-
-def _json_item(where: str, line: str, text_field: str) -> Item:
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError) as err:
-        return Item(where, error=f"invalid JSON ({err})")
-    if not isinstance(record, dict):
-        return Item(where, error=f"expected a JSON object, got {_json_type(record)}")
-    if text_field not in record:
-        return Item(where, meta=record, error=f"no {text_field!r} field (set --text-field)")
-    text = record.pop(text_field)
-    if not isinstance(text, str):
-        error = f"{text_field!r} is {_json_type(text)}, not a string"
-        return Item(where, meta=record, error=error)
-    return _text_item(where, text, record)
-
-
-def _text_item(where: str, text: str, meta: Optional[Dict[str, Any]] = None) -> Item:
-    """An item; lone surrogates, which no tokenizer or UTF-8 output takes, become U+FFFD
-    (one character for one, so offsets still index the text as given)."""
-    text, n_replaced = LONE_SURROGATE.subn("\ufffd", text)
-    if not n_replaced:
-        return Item(where, text, meta)
-    warning = f"{n_replaced} lone surrogate(s) (not Unicode text) replaced with U+FFFD"
-    return Item(where, text, meta, warning=warning)
-
-
-def _json_type(value: Any) -> str:
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _count_lines(path: Path) -> int:
-    """The number of non-empty lines of a file, for the progress bar's total."""
-    with path.open("rb") as lines:
-        return sum(1 for line in lines if line.strip())
-
-
 class Output:
     """The output JSONL stream, UTF-8 whatever the locale; write errors become CLIErrors
     (except a closed pipe, which the caller handles)."""
@@ -500,10 +409,9 @@ class Output:
             raise CLIError(f"cannot write --output {name}: {err.strerror or err}") from err
 
     def write(self, record: Dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False)
-        if LONE_SURROGATE.search(line):  # from the meta: \\u escapes keep them as they came
-            line = json.dumps(record)
-        line += "\n"
+        from .records import json_line
+
+        line = json_line(record) + "\n"
         self._do(lambda: self.stream.write(line.encode("utf-8") if self.binary else line))
 
     def flush(self) -> None:
@@ -550,9 +458,12 @@ def _silence_stdout() -> None:
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
 
 
@@ -567,6 +478,7 @@ def run_random_model(args: argparse.Namespace) -> int:
     args.config, args.bpe_dir = args.config or None, args.bpe_dir or None
     if missing_requirement(args.kind) is not None:
         raise CLIError(missing_requirement(args.kind))
+    _check_new_folder(Path(args.out), args.force)
     size = args.size or ("full" if args.config else "tiny")
     if size == "full" and not args.config:
         raise CLIError("--size full needs --config CONFIG_JSON (the real model's config.json)")
@@ -593,17 +505,40 @@ def run_random_model(args: argparse.Namespace) -> int:
                 labels = [id2label[key] for key in sorted(id2label, key=int)]
             except ValueError as err:
                 raise CLIError(f"--config {args.config}: id2label keys must be ids") from err
-    path = build_random_checkpoint(
-        args.out,
-        kind=args.kind,
-        config=config,
-        bpe_dir=args.bpe_dir,
-        labels=labels,
-        seed=args.seed,
-        classifier_std=args.classifier_std,
-    )
+    try:
+        path = build_random_checkpoint(
+            args.out,
+            kind=args.kind,
+            config=config,
+            bpe_dir=args.bpe_dir,
+            labels=labels,
+            seed=args.seed,
+            classifier_std=args.classifier_std,
+        )
+    except OSError as err:
+        raise CLIError(f"cannot write {args.out}: {err.strerror or err}") from err
     print(path)
     return 0
+
+
+def _check_new_folder(path: Path, force: bool) -> None:
+    """Refuse an output that is a file, or a folder that already holds files unless `force`:
+    random weights written next to a real checkpoint's (e.g. a model.safetensors that
+    transformers prefers to its pytorch_model.bin) would silently replace its predictions."""
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{path} is a file, not a folder: give a new or empty folder")
+    if force or not path.is_dir():
+        return
+    try:
+        held = sorted(entry.name for entry in path.iterdir())
+    except OSError as err:
+        raise CLIError(f"cannot write {path}: {err.strerror or err}") from err
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise CLIError(
+            f"{path} already holds files ({shown}): give a new or empty folder, or --force "
+            "to write the random checkpoint over them"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import List, Tuple
 
+from .errors import PROG, CLIError, error_line
+
 ENGINES = ("local", "ray")
 FORMATS = ("parquet", "jsonl")
 
@@ -60,8 +62,6 @@ def add_arguments(annotate: argparse.ArgumentParser) -> None:
 
 def run_ray(args: argparse.Namespace) -> int:
     """Annotate --input files on Ray; the CLIError of `cli` for bad arguments."""
-    from .cli import PROG, CLIError
-
     try:
         import ray
 
@@ -115,7 +115,7 @@ def run_ray(args: argparse.Namespace) -> int:
                 annotated.write_json(args.output)
         except Exception as err:  # Ray logged the cause; the rows written so far stay
             raise CLIError(
-                f"the Ray job failed ({_cause(err)}); to write only the missing rows, "
+                f"the Ray job failed ({error_line(err)}); to write only the missing rows, "
                 f"rerun with --resume {args.output}",
                 code=1,
             ) from err
@@ -142,8 +142,6 @@ def run_ray(args: argparse.Namespace) -> int:
 
 def input_paths(names: List[str]) -> List[str]:
     """Local globs expanded (sorted); URIs and folders as given; a missing local path fails."""
-    from .cli import CLIError
-
     paths: List[str] = []
     for name in names:
         if "://" in name:
@@ -166,8 +164,3 @@ def _actors(value: str) -> Tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {value}")
     return bounds
 
-
-def _cause(err: BaseException) -> str:
-    """The last line of a Ray error: the exception that the remote code raised."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__

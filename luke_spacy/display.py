@@ -6,7 +6,9 @@
 `displacy.render(doc, style="ent")` shows labels only; here every entity also shows the
 probability luke_ner gave its label (`doc.spans[spans_key].attrs["scores"]`). Text and labels
 are HTML-escaped, so hostile input is shown, never run. Inputs are Docs or the records that
-`luke-spacy annotate` writes (`{"text", "entities": [{"start", "end", "label", "score"}]}`).
+`luke-spacy annotate` writes (`{"text", "entities": [{"start", "end", "label", "score"}]}`),
+error records (`--on-error record`) included: those show their error above their text (if
+any), so the page holds the output's records in the output's order.
 
 `spacy evaluate --displacy-path` draws entities only for spaCy's own `ner` factory; for a
 corpus, `python -m luke_spacy.display PIPELINE DATA.spacy OUTPUT.html [--limit 25]` runs the
@@ -106,6 +108,10 @@ def _parse(item: DocOrRecord, spans_key: str, digits: int) -> Dict[str, Any]:
     """displaCy's manual "ent" format, labels escaped and the score a template parameter."""
     if isinstance(item, Doc):
         text, entities = item.text, scored_entities(item, (spans_key,))
+    elif "error" in item:  # an error record (records.error_record): no entities
+        where = f" at {item['source']}" if item.get("source") else ""
+        title = escape_html(f"error{where}: {item['error']}")
+        return {"text": item.get("text") or "", "ents": [], "title": title}
     else:
         text, entities = item["text"], item["entities"]
     ents = []

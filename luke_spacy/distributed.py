@@ -397,10 +397,10 @@ class ParquetRows(FileBasedDatasource):
 def jsonl_tables(f: Any, path: str, text_field: str) -> Iterator[pa.Table]:
     """A JSONL file read as the local engine reads it (`cli._read_lines`: blank lines skipped,
     UTF-8 per line, the same errors): `_source` ("path:line") and the `ITEM_COLUMNS`."""
-    from .cli import Source, _read_lines
+    from .reading import Source, read_lines
 
     rows: List[Dict[str, Any]] = []
-    for item in _read_lines(Source(Path(path), jsonl=True), f.readall().split(b"\n"), text_field):
+    for item in read_lines(Source(Path(path), jsonl=True), f.readall().split(b"\n"), text_field):
         meta = json.dumps(item.meta, ensure_ascii=False) if item.meta else None
         values = (item.source, item.text, meta, item.error)
         rows.append(dict(zip(ITEM_SCHEMA.names, values)))

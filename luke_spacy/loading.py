@@ -18,6 +18,7 @@ from spacy.language import Language
 from transformers.utils import logging as transformers_logging
 
 from .checkpoint import missing_local_folder
+from .errors import error_line
 from .model import CheckpointError, check_device
 
 FACTORY = "luke_ner"
@@ -78,9 +79,9 @@ def load_pipeline(
         )
         raise ValueError(f"cannot load {what}: invalid settings: {problems}") from err
     except ValueError as err:
-        raise ValueError(f"cannot load {what}: {one_line(err)}") from err
+        raise ValueError(f"cannot load {what}: {error_line(err)}") from err
     except OSError as err:
-        raise OSError(f"cannot load {what}: {one_line(err)}") from err
+        raise OSError(f"cannot load {what}: {error_line(err)}") from err
     if sentencizer is None:
         sentencizer = pipeline is None or not _sets_sentences(nlp, names[0])
     if sentencizer and "sentencizer" not in nlp.pipe_names:
@@ -118,7 +119,7 @@ def _build_blank(lang: str, model: Optional[str], settings: Dict[str, Any]) -> L
     try:
         nlp = spacy.blank(lang)
     except ImportError as err:
-        raise ValueError(f"no spaCy language {lang!r}: {one_line(err)}") from err
+        raise ValueError(f"no spaCy language {lang!r}: {error_line(err)}") from err
     config = dict(settings)
     if model is not None:
         config["model"] = {**config.get("model", {}), "name": _model_name(model)}
@@ -181,8 +182,3 @@ def _sets_sentences(nlp: Language, before: str) -> bool:
             return True
     return False
 
-
-def one_line(err: BaseException) -> str:
-    """The first line of an error's message, or its type's name when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -4,9 +4,11 @@ of the model layer, and the `luke_spacy.LukeSpanClassifier.v1` architecture."""
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
@@ -32,6 +34,7 @@ from .checkpoint import (
     SPAN_CLASSIFIER,
     CheckpointError,
     check_folder,
+    check_loaded_keys,
     check_weight_shapes,
     labels_from_id2label,
     missing_local_folder,
@@ -40,7 +43,9 @@ from .checkpoint import (
     save_tokenizer_settings,
     tokenizer_settings,
     verify_tokenizer_settings,
+    weights_file,
 )
+from .errors import error_line
 from .runtime import build_span_model
 from .settings import NerSettings
 from .tokenization import entity_ids
@@ -474,15 +479,27 @@ def load_checkpoint(
     if is_local:
         verify_tokenizer_settings(Path(name), tokenizer_settings(tokenizer, ids))
     try:
-        hf_model = LukeForEntitySpanClassification.from_pretrained(
-            name, config=config, **kwargs, **head_kwargs
+        hf_model, loading_info = LukeForEntitySpanClassification.from_pretrained(
+            name, config=config, output_loading_info=True, **kwargs, **head_kwargs
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(_load_failure(name, err)) from err
     except RuntimeError as err:  # e.g. a size mismatch in weights that are not safetensors
         raise CheckpointError(
-            f"The weights of '{name}' do not match its config.json ({_describe(err)})."
+            f"The weights of '{name}' do not match its config.json "
+            f"({error_line(err, with_type=True)})."
         ) from err
+    if has_head:
+        # transformers fills tensors the weights lack with random values and drops the ones
+        # the config has no place for, and says so only in a log (which loading lowers).
+        # A pretrained-only checkpoint gets its new head here, as it should.
+        weights = weights_file(Path(name)) if is_local else None
+        check_loaded_keys(
+            f"'{weights}'" if weights is not None else f"of '{name}'",
+            loading_info["missing_keys"],
+            [*loading_info["unexpected_keys"], *_keys(loading_info.get("mismatched_keys", ()))],
+            new_head=bool(head_kwargs),
+        )
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
 
@@ -510,10 +527,19 @@ def check_config(name: str, config: Any, *, require_head: bool = True) -> None:
 
 
 def save_checkpoint(objects: HFObjects, path: Path) -> None:
-    """Write config, safetensors weights and tokenizer files into a folder."""
+    """Write config, safetensors weights and tokenizer files into a folder.
+
+    Every writer of checkpoints (`nlp.to_disk`, `spacy assemble`, `spacy package`,
+    `luke-spacy random-model`) comes through here, so the weights get the permissions of any
+    new file: safetensors writes them through a private temporary file (mode 0600), which a
+    pipeline shared with other users, or Ray workers under another account, could not read.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     objects.transformer.save_pretrained(str(path), safe_serialization=True)
+    mode = _new_file_mode(path)
+    for weights in path.glob("*.safetensors"):
+        os.chmod(weights, mode)
     objects.tokenizer.save_pretrained(str(path))
     # The tokenizer settings are part of the pipeline: loading refuses files that disagree.
     save_tokenizer_settings(
@@ -521,10 +547,23 @@ def save_checkpoint(objects: HFObjects, path: Path) -> None:
     )
 
 
+def _new_file_mode(folder: Path) -> int:
+    """The permissions a new file in `folder` gets (0o666 less the umask, or what the folder's
+    default ACL gives), found by creating one: reading the umask means setting it, for every
+    thread of the process, for a moment."""
+    probe = folder / f".luke_spacy-mode-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 def _load_failure(name: str, err: Exception) -> str:
     """The message of a checkpoint that could not be found: the fix first, then the cause."""
     if os.path.isdir(name):
-        return f"Could not load the checkpoint folder '{name}' ({_describe(err)})."
+        return f"Could not load the checkpoint folder '{name}' ({error_line(err, with_type=True)})."
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     cause = (
         "the Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the checkpoint is not in "
@@ -539,7 +578,7 @@ def _load_failure(name: str, err: Exception) -> str:
         "{'name': '/path/to/folder'}}); config: [components.luke_ner.model] name = "
         '"/path/to/folder"), or for a smoke run with random weights write one with '
         f"`luke-spacy random-model /path/to/folder`. Cause: {cause} "
-        f"({_describe(err)})."
+        f"({error_line(err, with_type=True)})."
     )
 
 
@@ -554,16 +593,15 @@ def _tokenizer_failure(name: str, is_local: bool, err: Exception) -> str:
             )
         return (
             f"Could not load the tokenizer of the checkpoint folder '{name}' "
-            f"({_describe(err)}); check its tokenizer files "
+            f"({error_line(err, with_type=True)}); check its tokenizer files "
             "(tokenizer_config.json, the vocabulary, entity_vocab.json)."
         )
     return _load_failure(name, err)
 
 
-def _describe(err: Exception) -> str:
-    """An exception's type and the first line of its message."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+def _keys(entries: Iterable[Any]) -> List[str]:
+    """The keys of transformers' mismatched_keys (older versions give (key, shape, shape))."""
+    return [entry if isinstance(entry, str) else entry[0] for entry in entries]
 
 
 def check_device(device: Optional[str]) -> None:

@@ -75,15 +75,32 @@ def build_random_checkpoint(
     missing = missing_requirement(kind)
     if missing is not None:
         raise ImportError(missing)
+    from spacy_transformers.data_classes import HFObjects
+
+    from .model import save_checkpoint
+
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     corpus = list(corpus) if corpus is not None else list(SAMPLE_TEXT)
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "luke":
             tokenizer = _luke_tokenizer(Path(tmp), bpe_dir, corpus, vocab_size)
         else:
             tokenizer = _mluke_tokenizer(Path(tmp), corpus, vocab_size)
-        tokenizer.save_pretrained(str(path))
+        model = _random_model(tokenizer, kind, config, labels, seed, classifier_std)
+        # As the component writes checkpoints: the same files, permissions and settings.
+        save_checkpoint(HFObjects(tokenizer, model, None, {}, {}), path)
+    return path
+
+
+def _random_model(
+    tokenizer: Any,
+    kind: str,
+    config: Optional[Dict[str, Any]],
+    labels: Optional[Sequence[str]],
+    seed: int,
+    classifier_std: Optional[float],
+) -> LukeForEntitySpanClassification:
+    """A span classifier with random weights that fits the tokenizer."""
     labels = tuple(labels or (LUKE_LABELS if kind == "luke" else MLUKE_LABELS))
     fields = dict(TINY if config is None else config)
     for key in ("architectures", "id2label", "label2id", "transformers_version", "model_type"):
@@ -106,8 +123,7 @@ def build_random_checkpoint(
     model = LukeForEntitySpanClassification(LukeConfig(**fields))
     if classifier_std is not None:
         torch.nn.init.normal_(model.classifier.weight, std=classifier_std)
-    model.save_pretrained(str(path), safe_serialization=True)
-    return path
+    return model
 
 
 def missing_requirement(kind: str) -> Optional[str]:

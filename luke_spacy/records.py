@@ -11,16 +11,21 @@ record's other fields. A bad input record, or one that made the pipeline raise, 
     {"text": str or None, "error": str, "source": "FILE:LINE", "meta": {...}}
 
 with `text` None when the input had no readable text. A record is an error record exactly when
-it has an "error" key. `run_isolated` runs a batch so that one failing text does not fail the
-others.
+it has an "error" key. `json_line` writes a record as strict JSON: numbers that JSON cannot
+hold (NaN, Infinity, -Infinity, and 1e400, which Python reads as infinity) become null, as
+JavaScript's JSON.stringify writes them. `run_isolated` runs a batch so that one failing text
+does not fail the others.
 """
 
+import json
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc
 
-ENTITY_FIELDS = ("text", "label", "start", "end", "score")
+from .errors import error_line
+from .reading import LONE_SURROGATE
 
 
 def doc_to_record(
@@ -93,17 +98,45 @@ def error_record(
 
 def pipeline_error(err: BaseException) -> str:
     """The error of a text that made the pipeline raise, as both engines report it."""
-    from .loading import one_line
+    return f"the pipeline failed on this text: {error_line(err, with_type=True)}"
 
-    return f"the pipeline failed on this text: {type(err).__name__}: {one_line(err)}"
+
+def json_line(record: Dict[str, Any]) -> str:
+    """A record as one line of strict JSON (RFC 8259), without the line break.
+
+    Non-finite numbers become null (JSON has none). Lone surrogates, which a meta keeps as they
+    came, are written as \\u escapes so that the line stays valid UTF-8; other text as is.
+
+    record (Dict[str, Any]): The record.
+    RETURNS (str): The line.
+    """
+    try:
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere in the record
+        record = _finite(record)
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    if LONE_SURROGATE.search(line):
+        line = json.dumps(record, allow_nan=False)
+    return line
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def run_isolated(nlp: Language, texts: Sequence[str]) -> List[Union[Doc, Exception]]:
     """Run the pipeline on a batch of texts so that a text that makes it raise fails alone.
 
     The batch goes through `nlp.pipe`; when that raises, each text runs alone and the texts
-    that still fail get their exception in their place. (spaCy's error handler would drop the
-    failing component's whole minibatch instead.)
+    that still fail get their exception in their place. (An error handler set with
+    `nlp.set_error_handler` could only drop a failing Doc, without its text's place.)
 
     nlp (Language): The pipeline.
     texts (Sequence[str]): The texts of one batch.

@@ -67,6 +67,28 @@ def truncate(file: Path, size: int) -> None:
     file.write_bytes(file.read_bytes()[:size])
 
 
+def edit_weights(model_dir: Path, edit) -> None:
+    """Rewrite model.safetensors with `edit` applied to its tensors (a dict, in place)."""
+    from safetensors.torch import load_file, save_file
+
+    file = model_dir / "model.safetensors"
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+def drop_keys(*prefixes: str):
+    def edit(tensors):
+        for key in [key for key in tensors if key.startswith(prefixes)]:
+            del tensors[key]
+
+    return edit
+
+
+def set_layers(n: int):
+    return lambda m: edit_json(m / "config.json", lambda c: c.update(num_hidden_layers=n))
+
+
 # damage kind: (what to do to luke_ner/model, the file the error must name, more it must say)
 DAMAGES = {
     "weights truncated": (lambda m: truncate(m / "model.safetensors", 3000), "model.safetensors"),
@@ -120,6 +142,24 @@ DAMAGES = {
         ),
         "tokenizer_config.json",
     ),
+    # Issue 17 item 4: weights that do not fit the config (transformers only logs these).
+    "classifier removed from the weights": (
+        lambda m: edit_weights(m, drop_keys("classifier.")),
+        "model.safetensors",
+    ),
+    "num_hidden_layers lowered": (set_layers(1), "model.safetensors"),
+    "num_hidden_layers raised": (set_layers(3), "model.safetensors"),
+    "a layer's tensors removed": (
+        lambda m: edit_weights(m, drop_keys("luke.encoder.layer.1.")),
+        "model.safetensors",
+    ),
+    # Issue 17 item 5: empty BPE files.
+    "merges.txt empty": (lambda m: (m / "merges.txt").write_text(""), "merges.txt"),
+    "merges.txt header only": (
+        lambda m: (m / "merges.txt").write_text("#version: 0.2\n"),
+        "merges.txt",
+    ),
+    "vocab.json empty object": (lambda m: (m / "vocab.json").write_text("{}"), "vocab.json"),
 }
 
 
@@ -146,6 +186,76 @@ def test_damaged_checkpoint_folder_fails_at_initialize_or_first_call(pipeline_co
         make_nlp(model_dir).initialize()
     with pytest.raises(CheckpointError, match=file):
         make_nlp(model_dir)("Paris")
+
+
+@pytest.mark.parametrize(
+    "kind, prefix, what",
+    [
+        ("classifier removed from the weights", "classifier.", "missing"),
+        ("num_hidden_layers lowered", "luke.encoder.layer.1.", "not used"),
+        ("num_hidden_layers raised", "luke.encoder.layer.2.", "missing"),
+        ("a layer's tensors removed", "luke.encoder.layer.1.", "missing"),
+    ],
+)
+def test_weights_that_do_not_fit_the_config(pipeline_copy, kind, prefix, what):
+    # A checkpoint folder as downloaded or written by random-model: loaded for annotation, it
+    # names a few keys and counts them; loaded for training with the same labels (the head is
+    # kept), too.
+    from luke_spacy.checkpoint import safetensors_shapes
+    from luke_spacy.model import load_checkpoint
+
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    keys = sorted(safetensors_shapes(model_dir / "model.safetensors"))
+    if prefix == "luke.encoder.layer.2.":  # a layer the weights never had: layer 1's keys
+        keys = [key.replace("layer.1.", "layer.2.") for key in keys]
+    keys = [key for key in keys if key.startswith(prefix)]
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    listed = re.escape(f"{len(keys)} tensor(s) ({', '.join(keys[:3])}{more}) {what}")
+    DAMAGES[kind][0](model_dir)
+    with pytest.raises(CheckpointError, match=listed) as info:
+        make_nlp(model_dir)("Paris")
+    assert str(model_dir / "model.safetensors") in str(info.value)
+    with pytest.raises(CheckpointError, match=listed):
+        load_checkpoint(str(model_dir), labels=["LOC", "MISC", "ORG", "PER"])
+
+
+def test_a_new_head_needs_no_classifier_in_the_weights(pipeline_copy):
+    from luke_spacy.model import load_checkpoint
+
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    DAMAGES["classifier removed from the weights"][0](model_dir)
+    hf = load_checkpoint(str(model_dir), labels=["ANIMAL", "PLANT"]).transformer
+    assert list(hf.config.id2label.values()) == ["NIL", "ANIMAL", "PLANT"]
+
+
+def test_keys_that_change_no_logit_are_accepted(saved_pipeline, pipeline_copy):
+    # What a checkpoint saved by older transformers may hold or lack (the real
+    # luke-large-finetuned-conll-2003 was saved by 4.6, with a position_ids buffer): same
+    # entities, no error.
+    import torch
+
+    def edit(tensors):
+        tensors["luke.embeddings.position_ids"] = torch.arange(514).unsqueeze(0)
+        drop_keys("luke.pooler.")(tensors)
+
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    edit_weights(model_dir, edit)
+    assert ents(make_nlp(model_dir)) == saved_pipeline[1]
+    assert ents(spacy.load(pipeline_copy)) == saved_pipeline[1]
+
+
+@pytest.mark.parametrize(
+    "kind", ["merges.txt empty", "merges.txt header only", "vocab.json empty object"]
+)
+def test_empty_bpe_files_are_refused(pipeline_copy, kind):
+    # As a downloaded checkpoint: no luke_spacy.json that would catch a changed vocabulary.
+    damage, file = DAMAGES[kind]
+    model_dir = pipeline_copy / "luke_ner" / "model"
+    (model_dir / SETTINGS_NAME).unlink()
+    damage(model_dir)
+    with pytest.raises(CheckpointError, match="holds no (merges|tokens)") as info:
+        make_nlp(model_dir)("Paris")
+    assert str(model_dir / file) in str(info.value)
 
 
 def test_label_count_against_the_weights(pipeline_copy):

@@ -131,6 +131,30 @@ def test_annotate_html_option(tiny_luke, tmp_path, capsys):
     ]
 
 
+def test_error_records_of_annotate_are_rendered(tiny_luke, tmp_path, capsys):
+    # Issue 17 item 9: render_html took annotate's records but failed on its error records.
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"text": HOSTILE[0]}), "{oops <b>", json.dumps({"text": 3, "id": 1})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    view = tmp_path / "view.html"
+    argv = ["annotate", "-i", str(path), "--model", str(tiny_luke), "--no-progress"]
+    code = cli_main([*argv, "--on-error", "record", "--html", str(view)])
+    out = capsys.readouterr().out
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert ["error" in record for record in records] == [False, True, True]
+    marks = parse(render_html(records))
+    assert marks.tags.count("figure") == 3 and "b" not in marks.tags  # escaped
+    assert f"error at {path}:2: invalid JSON" in marks.text
+    assert f"error at {path}:3: 'text' is a number, not a string" in marks.text
+    assert shown(marks) == [
+        f"{ent['text']} {ent['label']}{ent['score']:.2f}" for ent in records[0]["entities"]
+    ]
+    # The --html page shows what the output holds, error records included.
+    page = parse(view.read_text(encoding="utf8"))
+    assert page.text.split() == marks.text.split()
+
+
 def test_corpus_page_for_evaluation_docs(tiny_luke, tmp_path, capsys):
     """`python -m luke_spacy.display PIPELINE DATA OUT`: what `spacy evaluate --displacy-path`
     cannot draw for luke_ner, on the corpus' gold tokens and sentences."""

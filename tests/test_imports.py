@@ -9,9 +9,6 @@ from typing import Dict, List, Set
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "luke_spacy"
-# The cycle cli -> cli_ray -> distributed -> cli is being removed in its own change (#18 item
-# 5); until then it is the only one allowed.
-KNOWN_CYCLES = [{"cli", "cli_ray", "distributed"}]
 INSPECTION = {("inspect", "stack"), ("inspect", "currentframe")}
 
 
@@ -93,11 +90,6 @@ def test_the_walk_finds_a_cycle_where_there_is_one():
     assert imported(tree) == {".cli", ".pipe"}
 
 
-def test_no_import_cycle_but_the_known_one():
-    assert [c for c in cycles(package_graph()) if c not in KNOWN_CYCLES] == []
-
-
-@pytest.mark.xfail(strict=True, reason="cli -> cli_ray -> distributed -> cli (#18 item 5)")
 def test_no_import_cycle():
     assert cycles(package_graph()) == []
 

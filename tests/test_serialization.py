@@ -212,3 +212,26 @@ def test_a_pipeline_saved_by_an_earlier_version_loads_unchanged(tmp_path, no_net
     assert json.loads((new / "cfg").read_text()) == json.loads((old / "cfg").read_text())
     names = [sorted(p.name for p in (folder / "model").iterdir()) for folder in (old, new)]
     assert names[0] == names[1] and "model.safetensors" in names[0]
+
+
+@pytest.fixture()
+def umask_027():
+    """A umask that lets the group read and others nothing: new files are 0640."""
+    old = os.umask(0o027)
+    yield 0o640
+    os.umask(old)
+
+
+def test_weights_get_the_permissions_of_new_files(tiny_luke, tmp_path, capsys, umask_027):
+    # Issue 17 item 11: safetensors wrote model.safetensors 0600, whatever the umask, so a
+    # pipeline shared with others (or Ray workers under another account) could not load it.
+    from luke_spacy.cli import main
+
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    assert main(["random-model", str(tmp_path / "random")]) == 0, capsys.readouterr().err
+    for folder in (tmp_path / "pipeline" / "luke_ner" / "model", tmp_path / "random"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+        assert modes["model.safetensors"] == umask_027, modes
+        assert set(modes.values()) == {umask_027}, modes  # every file alike
