@@ -187,7 +187,10 @@ def report(
             f"the checkpoint {checkpoint} is kept"
         )
         return 1
-    remove_checkpoint(checkpoint)
+    try:
+        remove_checkpoint(checkpoint)
+    except OSError as err:
+        _say(f"warning: cannot remove the finished job's checkpoint {checkpoint}: {err}")
     return 1 if summary.error_rows else 0
 
 

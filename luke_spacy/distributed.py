@@ -657,9 +657,10 @@ def path_kind(path: str) -> str:
 
 
 def remove_checkpoint(path: str) -> None:
-    """Delete a finished job's checkpoint folder."""
+    """Delete a finished job's checkpoint folder, if there is one."""
     fs, root = _filesystem(path)
-    fs.delete_dir(root)
+    if path_kind(path) != "missing":
+        fs.delete_dir(root)
 
 
 def _filesystem(path: str) -> Tuple[Any, str]:
