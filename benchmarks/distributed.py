@@ -1,7 +1,8 @@
-"""The Ray Data engine: throughput against the local engine, cluster cost, GPU scheduling.
+"""The Ray Data engine: throughput, cluster cost, GPU scheduling, resume memory, node loss.
 
     python benchmarks/distributed.py --out benchmarks/results/distributed.json \
-        [--model DIR] [--docs 200] [--conll FILE] [--skip-cpu] [--skip-scheduling]
+        [--model DIR] [--docs 200] [--conll FILE] [--skip-cpu] [--skip-scheduling] \
+        [--resume-sizes 0,100000,1000000] [--skip-node-loss] [--node-loss-docs 300]
 
 1. CPU, tiny model: documents/s of the local engine (`load_pipeline` + `nlp.pipe`, one torch
    thread) and of `distributed.annotate` with 1 and 2 actors (one CPU each) on the same
@@ -16,8 +17,13 @@
    one GPU each, N = 1, 2, 4, 8. Efficiency = summed busy time / (N x span from the first
    batch's start to the last one's end); per actor = busy time / the actors' own spans (first
    to last batch: gaps there are waits on data); with start-up = from the job's start.
+4. Resume (`run_resume`): the driver's peak RSS and the checkpoint's planning time when a
+   job with 0, 100k and 1M finished ids (tiny texts) is resumed, against the engine's former
+   resume, which held the finished ids in the driver.
+5. Node loss (`run_node_loss`): a head and two worker nodes on this machine; a worker node
+   with an actor is killed while the job runs: rows in and out, ids repeated, seconds lost.
 
-Documents are CoNLL-2003 test documents (words joined by spaces), repeated to --docs.
+Documents of 1-3 are CoNLL-2003 test documents (words joined by spaces), repeated to --docs.
 """
 
 from __future__ import annotations
@@ -265,7 +271,8 @@ def run_resume(model: str, sizes: List[int], work: Path) -> Dict[str, Any]:
     checkpoint files, as a killed job leaves them) and RESUME_TODO are not, resumed with
     `luke-spacy annotate --engine ray --resume` in a fresh driver process; its peak RSS
     (VmHWM), the wall time of the checkpoint's planning (Ray's `load_checkpoint`: pending
-    clean-up, reading the ids, sorting them on the cluster) and of the whole command. The
+    clean-up, reading the ids, sorting them on the cluster) and of the whole command, and
+    the size of the id array that Ray's checkpoint-filter actors hold (its estimate). The
     same ids are also given to the engine's former resume (the driver reads the finished ids,
     sorts them in a Python set and `ray.put`s them) for comparison."""
     out: Dict[str, Any] = {"todo_rows": RESUME_TODO, "runs": {}}
@@ -343,14 +350,17 @@ def run_driver(spec: Dict[str, Any]) -> None:
     from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
 
     planning: List[float] = []
+    sizes: List[int] = []
     load = IdColumnCheckpointManager.load_checkpoint
 
     def timed_load(self: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            return load(self, *args, **kwargs)
+            ref, size = load(self, *args, **kwargs)
         finally:
             planning.append(time.perf_counter() - start)
+        sizes.append(size)
+        return ref, size
 
     IdColumnCheckpointManager.load_checkpoint = timed_load
     start = time.perf_counter()
@@ -363,6 +373,8 @@ def run_driver(spec: Dict[str, Any]) -> None:
         former_resume(spec["former"])
     result["wall_s"] = round(time.perf_counter() - start, 2)
     result["planning_s"] = round(sum(planning), 2) if planning else None
+    # Ray's estimate of the sorted id array each checkpoint-filter actor holds.
+    result["checkpoint_array_mb"] = round(sum(sizes) / 2**20, 1) if sizes else None
     result["peak_rss_mb"] = round(proc_status_kb("VmHWM") / 1024, 1)
     print(json.dumps(result))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -435,14 +436,28 @@ def read_records(
     import ray.data
 
     paths = [paths] if isinstance(paths, str) else list(paths)
-    names = [path.lower() for path in paths]
-    if all(name.endswith(".parquet") for name in names):
+    if input_format(paths) == "parquet":
         datasource = ParquetRows(paths, text_field, id_field, file_extensions=["parquet"])
-    elif all(name.endswith((".jsonl", ".json")) for name in names):
-        datasource = JSONLines(paths, text_field, id_field, file_extensions=["jsonl", "json"])
     else:
-        raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
+        datasource = JSONLines(paths, text_field, id_field, file_extensions=["jsonl", "json"])
     return ray.data.read_datasource(datasource, **read_args)
+
+
+def input_format(paths: List[str]) -> str:
+    """What the input files (and the files in input folders) are, by extension: "jsonl"
+    (*.jsonl, *.json) or "parquet". Raises ValueError for a mix, or for neither."""
+    formats = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+    found = set()
+    for path in paths:
+        names = [path] if _extension(path) in formats else list_files(path)
+        found |= {formats[_extension(name)] for name in names if _extension(name) in formats}
+    if len(found) != 1:
+        raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
+    return found.pop()
+
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
 
 
 class _RecordFiles(FileBasedDatasource):

@@ -275,6 +275,20 @@ def test_readers_give_stable_ids(tmp_path):
     assert parse_records(table) is table  # records pass through
 
 
+def test_input_format_of_files_and_folders(tmp_path):
+    from luke_spacy.distributed import input_format
+
+    (tmp_path / "jsonl").mkdir()
+    write_jsonl(tmp_path / "jsonl" / "a.jsonl", [{"text": "x"}])
+    (tmp_path / "jsonl" / "notes.txt").write_text("not an input", encoding="utf-8")
+    assert input_format([str(tmp_path / "jsonl")]) == "jsonl"
+    assert input_format([str(tmp_path / "b.JSON"), str(tmp_path / "jsonl")]) == "jsonl"
+    assert input_format([str(tmp_path / "c.parquet")]) == "parquet"
+    for paths in ([tmp_path / "c.parquet", tmp_path / "jsonl"], [tmp_path / "empty"]):
+        with pytest.raises(ValueError, match="all JSONL"):
+            input_format([str(path) for path in paths])
+
+
 def test_ids_are_compared_as_strings_and_id_column_checks():
     table = pa.table({"id": pa.array([1, 2]), "text": ["x", "y"]})
     assert parse_records(table)["id"].to_pylist() == ["1", "2"]
