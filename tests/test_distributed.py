@@ -479,19 +479,35 @@ def run_jobs(jobs: List[Dict[str, Any]], markers: Path) -> None:
     try:
         for job in jobs:
             argv = job["argv"]
+            out = Path(argv[argv.index("--output") + 1])
+            uncommitted = uncommit_a_write(out) if job.get("uncommit") else None
             print(f"job: {' '.join(argv)}", file=sys.stderr, flush=True)
             code = cli_main(argv)
-            out = Path(argv[argv.index("--output") + 1])
+            files = sorted(str(p) for p in out.glob("*"))
             results.append(
                 {
                     "code": code,
-                    "files": sorted(str(p) for p in out.glob("*")),
+                    "files": files,
+                    "rows": read_output(files, ["id"]).num_rows,
                     "checkpoint": Path(f"{out}.checkpoint").exists(),
+                    "uncommitted": uncommitted,
                 }
             )
     finally:
         ray.shutdown()
     print(json.dumps(results))
+
+
+def uncommit_a_write(output: Path) -> Dict[str, Any]:
+    """Turn one committed write of a stopped job back into a pending one, as when the job
+    is killed between writing a data file and committing its checkpoint (Ray's two-phase
+    commit): its checkpoint file renamed to *.pending.parquet. RETURNS its name and rows."""
+    checkpoint = Path(f"{output}.checkpoint")
+    committed = sorted(p for p in checkpoint.glob("*.parquet") if ".pending" not in p.name)
+    stem = committed[0].name[: -len(".parquet")]
+    committed[0].rename(checkpoint / f"{stem}.pending.parquet")
+    files = [str(p) for p in output.glob(f"{stem}*")]
+    return {"stem": stem, "files": len(files), "rows": read_output(files, ["id"]).num_rows}
 
 
 def run_child(cmd: List[str], timeout: float) -> subprocess.CompletedProcess:
@@ -574,7 +590,7 @@ def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys, request):
             "faults": {crash_id: "exit"},
         },
         {"argv": argv("abort", inputs["abort"], "--actors", "1:1"), "faults": {abort_id: "raise"}},
-        {"argv": argv("abort", inputs["abort"], "--resume"), "faults": {}},
+        {"argv": argv("abort", inputs["abort"], "--resume"), "faults": {}, "uncommit": True},
         {"argv": argv("hostile", hostile, "--output-format", "jsonl"), "faults": {}},
         {"argv": argv("ids", [ids], "--id-field", "id"), "faults": {}},
     ]
@@ -608,14 +624,20 @@ def test_jobs_on_a_local_cluster(tiny_luke, tmp_path, capsys, request):
     assert len(ids_out) == len(set(ids_out)) == FILES * PER_FILE and crash_id in ids_out
     assert all(row["error"] is None for row in rows)
 
-    # The aborted job wrote some rows; the resumed one wrote exactly the others, and the
-    # output holds every id once, the error row of the broken line included.
-    first = read_output(results[2]["files"], ["id"])
+    # The aborted job wrote some rows; one of its writes is made uncommitted, as a kill
+    # between data file and commit leaves it. The resumed job deletes that file, writes its
+    # rows and the others again, and the output holds every id once, the error row of the
+    # broken line included.
+    first = results[2]["rows"]
     assert "rerun with --resume" in job_stderr(child.stderr, 2)
+    uncommitted = results[3]["uncommitted"]
+    assert uncommitted["files"] == 1 and uncommitted["rows"] > 0
+    assert not [name for name in results[3]["files"] if uncommitted["stem"] in name]
     ids_out = [row["id"] for row in output_rows(tmp_path / "abort-out")]
-    assert 0 < first.num_rows < FILES * PER_FILE
+    assert 0 < first < FILES * PER_FILE
     assert len(ids_out) == len(set(ids_out)) == FILES * PER_FILE
-    assert f"({first.num_rows} already done), error rows 1\n" in job_stderr(child.stderr, 3)
+    done = first - uncommitted["rows"]
+    assert f"({done} already done), error rows 1\n" in job_stderr(child.stderr, 3)
 
     # Hostile lines: the local engine's records, one row each; every line strict JSON.
     lines = [
