@@ -32,7 +32,7 @@ from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Uni
 # Light imports only: torch, spaCy and transformers are imported inside the commands, so that
 # --help is quick and Ctrl-C during start-up exits cleanly.
 from . import __version__
-from .errors import PROG, CLIError
+from .errors import PROG, CLIError, say
 from .reading import Item, Source, check_readable, count_lines, read_args, read_sources
 
 STDIN = "-"
@@ -57,10 +57,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
         return args.func(args)
     except CLIError as err:
-        _say(f"error: {err}")
+        say(f"error: {err}")
         return err.code
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return EXIT_INTERRUPTED
 
 
@@ -324,7 +324,7 @@ def _annotate(
     for item, result in _pipe(nlp, items, args.batch_size):
         n_items += 1
         if item.warning is not None:
-            _say(f"warning: {item.source}: {item.warning}", progress)
+            say(f"warning: {item.source}: {item.warning}", progress)
         error = item.error
         if isinstance(result, Exception):
             error = pipeline_error(result)
@@ -335,7 +335,7 @@ def _annotate(
                 html.add(record)
         else:
             n_failed += 1
-            _say(f"error: {item.source}: {error}", progress)
+            say(f"error: {item.source}: {error}", progress)
             if args.on_error == "record":
                 record = error_record(error, item.source, text=item.text, meta=item.meta)
                 output.write(record)
@@ -343,14 +343,14 @@ def _annotate(
                     html.add(record)
             elif args.on_error == "stop":
                 output.flush()
-                _say("stopped at the first bad record (--on-error stop)", progress)
+                say("stopped at the first bad record (--on-error stop)", progress)
                 return EXIT_FAILED
         if progress is not None:
             progress.update(1)
     output.flush()
     if n_failed:
         done = {"skip": "skipped", "record": "written as error records"}[args.on_error]
-        _say(f"{n_failed} of {n_items} records failed ({done})", progress)
+        say(f"{n_failed} of {n_items} records failed ({done})", progress)
         return EXIT_FAILED
     return 0
 
@@ -436,15 +436,6 @@ class Output:
                 self.stream.flush()
         except (OSError, ValueError):
             pass
-
-
-def _say(message: str, progress: Any = None) -> None:
-    """One line on stderr, above the progress bar when there is one."""
-    line = f"{PROG}: {message}"
-    if progress is not None:
-        progress.write(line, file=sys.stderr)
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:

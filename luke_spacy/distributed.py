@@ -1,10 +1,10 @@
 """Annotate corpora with Ray Data: one luke_ner pipeline per actor, many actors, many machines.
 
     import ray
-    from luke_spacy.distributed import annotate
+    from luke_spacy.distributed import annotate, read_records, write_annotations
 
-    ds = annotate(ray.data.read_parquet("s3://corpus/"), pipeline="my_pipeline", actors=(1, 8))
-    ds.write_parquet("s3://corpus-ents/")
+    ds = annotate(read_records("s3://corpus/"), pipeline="my_pipeline", actors=(1, 8))
+    write_annotations(ds, "s3://corpus-ents/", checkpoint="s3://corpus-ents.checkpoint/")
 
 Ray does the scheduling: `Dataset.map_batches` with a callable class (`LukeAnnotator`) on an
 actor pool (`ActorPoolStrategy`), `num_gpus`/`num_cpus` per actor, Ray's readers and writers,
@@ -13,18 +13,19 @@ its defaults for actor pools). Each actor loads the pipeline once, by name or pa
 same `load_pipeline` as the local engine; no `nlp` object is ever pickled.
 
 Every input row gives exactly one output row (`OUTPUT_SCHEMA`): a bad record, or a text that
-makes the model raise, gives a row with `error` set instead of stopping the job. Output is
-at-least-once across restarts of a whole job (`skip_ids`): deduplicate on `id`, preferring rows
-whose `error` is null.
+makes the model raise, gives a row with `error` set instead of stopping the job. A job written
+with a checkpoint (`write_annotations`) is resumed by Ray Data's own checkpointing: rows whose
+id the checkpoint holds are dropped right after the read, and files of unfinished writes are
+deleted, so the output holds every id once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,77 +58,70 @@ OUTPUT_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-# The parsed input: what the actors receive.
+# The parsed input: what `read_records` gives and the actors receive. Its `id` column is the
+# output's, so Ray Data's checkpoint filter (which runs right after the read) can match them.
 RECORD_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("meta", pa.string()), ("error", pa.string())]
 )
-# Columns added by the readers below: a stable id "path:line" (1-based line of a JSONL file,
-# 1-based row of a Parquet file); JSONL records as the local engine reads them: text, the other
-# fields (JSON), and why the line is no record.
+ID_COLUMN = "id"
+# The column a raw table may carry instead of an id: "path:n" (see `read_records`).
 SOURCE_COLUMN = "_source"
-ITEM_COLUMNS = ("_text", "_meta", "_error")
-ITEM_SCHEMA = pa.schema([(name, pa.string()) for name in (SOURCE_COLUMN, *ITEM_COLUMNS)])
 # Key of the output schema's metadata: pipeline name and version, component settings.
 METADATA_KEY = b"luke_spacy"
 # CUDA out-of-memory halves max_batch_items down to this before giving up on a batch.
 MIN_BATCH_ITEMS = 128
-# Test-only hook: "ID=exit,ID=raise" makes the actor whose batch holds ID exit its process
-# (os._exit) or raise, once: it first leaves a marker file in the folder CRASH_MARKERS_ENV.
-CRASH_ENV = "LUKE_SPACY_TEST_CRASH"
-CRASH_MARKERS_ENV = "LUKE_SPACY_TEST_CRASH_MARKERS"
 READ_ROWS = 4096
+# The key under which `_decoded_rows` names a row's column that is not UTF-8.
+_NOT_UTF8 = "\0not-utf-8"
+OUTPUT_EXTENSIONS = {"parquet": ".parquet", "jsonl": ".json"}
 
 
 def parse_records(
-    batch: pa.Table,
-    *,
-    text_field: str = "text",
-    id_field: Optional[str] = "id",
-    skip_ids: Optional[pa.Array] = None,
+    batch: pa.Table, *, text_field: str = "text", id_field: Optional[str] = "id"
 ) -> pa.Table:
     """Turn input rows into `RECORD_SCHEMA` rows: id, text, meta (JSON), error.
 
-    Rows of `read_records` JSONL files carry the record or why the line is none (an error
-    row); a record without its id is an error row too. Other tables (Parquet, any Ray dataset)
-    carry the text and id as columns; the other columns become meta; a text that is no string
-    is an error row.
+    Tables in `RECORD_SCHEMA` (what `read_records` gives) are returned as they are. Other
+    tables (Parquet, any Ray dataset) carry the text and id as columns; the other columns
+    become meta; a text that is no string, a row without its id, or a string that is not
+    UTF-8 makes that row an error row.
     batch (pa.Table): The input rows.
-    text_field (str): Field or column of the text.
-    id_field (Optional[str]): Field or column of the id; None takes the `_source` column
-        ("path:line") that `read_records` adds.
-    skip_ids (Optional[pa.Array]): Ids to drop (already annotated, for resuming), or a Ray
-        ObjectRef of them.
+    text_field (str): Column of the text.
+    id_field (Optional[str]): Column of the id; None takes the `_source` column ("path:n").
     RETURNS (pa.Table): The records, in `RECORD_SCHEMA`.
     """
     names = batch.column_names
+    if names == RECORD_SCHEMA.names:
+        return batch
     if id_field is None and SOURCE_COLUMN not in names:
         raise ValueError("no id: set id_field, or read the input with read_records")
     if id_field is not None and id_field not in names and SOURCE_COLUMN not in names:
         raise ValueError(f"the input has no id column {id_field!r} (columns: {names})")
-    if ITEM_COLUMNS[-1] in names:
-        rows = [_item_record(row, text_field, id_field) for row in batch.to_pylist()]
-    else:
-        rows = [_record(row, None, text_field, id_field) for row in batch.to_pylist()]
-    table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
-    if skip_ids is not None and not isinstance(skip_ids, pa.Array):
-        import ray
-
-        # Ray resolves ObjectRef arguments of tasks, not fn_kwargs of a stage fused into actors.
-        skip_ids = ray.get(skip_ids)
-    if skip_ids is not None and len(skip_ids):
-        table = table.filter(pc.invert(pc.is_in(table["id"], value_set=skip_ids)))
-    return table
+    rows = [_record(row, None, text_field, id_field) for row in _decoded_rows(batch)]
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-def _item_record(row: Dict[str, Any], text_field: str, id_field: Optional[str]) -> Dict:
-    """The record of a `JSONLines` row: its error as the local engine words it, or its id."""
-    text, meta, error = (row[name] for name in ITEM_COLUMNS)
-    fields = json.loads(meta) if meta else {}
-    if error is not None:
-        value = fields.get(id_field) if id_field is not None else None
-        id_ = row[SOURCE_COLUMN] if value is None else _id_string(value)
-        return {"id": id_, "text": text, "meta": meta, "error": error}
-    return _record({**fields, text_field: text}, row[SOURCE_COLUMN], text_field, id_field)
+def _decoded_rows(table: pa.Table) -> List[Dict[str, Any]]:
+    """The rows of a table as dicts; a string that is not UTF-8 (Parquet does not check)
+    fails only its row: the row gets `_NOT_UTF8` naming the column instead."""
+    columns: Dict[str, List[Any]] = {}
+    bad: Dict[int, str] = {}
+    for name in table.column_names:
+        try:
+            columns[name] = table[name].to_pylist()
+        except UnicodeDecodeError:
+            values = []
+            for i, scalar in enumerate(table[name]):
+                try:
+                    values.append(scalar.as_py())
+                except UnicodeDecodeError:
+                    values.append(None)
+                    bad.setdefault(i, name)
+            columns[name] = values
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    for i, name in bad.items():
+        rows[i][_NOT_UTF8] = name
+    return rows
 
 
 def _record(
@@ -136,27 +130,57 @@ def _record(
     """One record from its fields; the fields other than text, id and source become meta."""
     fields = dict(fields)
     source = fields.pop(SOURCE_COLUMN, source)
-    if id_field is None:
-        id_ = source
-    else:
+    not_utf8 = fields.pop(_NOT_UTF8, None)
+    id_, error = source, None
+    if id_field is not None:
         value = fields.pop(id_field, None)
         if value is None:
-            return _error_row(source, fields.get(text_field), f"no {id_field!r} field (the id)")
-        id_ = _id_string(value)
+            error = f"no {id_field!r} field (the id)"
+        elif not _utf8(_id_string(value)):
+            error = f"the {id_field!r} field holds a lone surrogate (not Unicode text)"
+        else:
+            id_ = _id_string(value)
     text = fields.pop(text_field, None)
-    if not isinstance(text, str):
+    if error is None and not_utf8 is not None:
+        error = f"the {not_utf8!r} column is not UTF-8"
+    if error is None and not isinstance(text, str):
         what = "no" if text is None else f"a {type(text).__name__} in the"
-        return _error_row(id_, None, f"{what} {text_field!r} field, not a string")
-    meta = json.dumps(fields, ensure_ascii=False, default=str) if fields else None
-    return {"id": id_, "text": text, "meta": meta, "error": None}
+        error = f"{what} {text_field!r} field, not a string"
+    return {
+        "id": id_,
+        "text": text if isinstance(text, str) else None,
+        "meta": meta_json(fields),
+        "error": error,
+    }
 
 
 def _id_string(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """Ids are compared as strings: a string as it is, any other value as its JSON text (so
+    the number 1 and the string "1" are the same id)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _error_row(id_: Optional[str], text: Optional[str], error: str) -> Dict[str, Any]:
-    return {"id": id_, "text": text, "meta": None, "error": error}
+def meta_json(fields: Optional[Dict[str, Any]]) -> Optional[str]:
+    """A record's other fields as strict JSON (None when there are none).
+
+    NaN and infinite numbers (`NaN`, `Infinity` and `1e400` in the input) are written as
+    null, as JSON has no such numbers; values JSON does not know (dates in Parquet) as their
+    text; lone surrogates (legal in JSON input, not in UTF-8) as \\u escapes.
+    """
+    if not fields:
+        return None
+    from .records import json_line
+
+    return json_line(fields, default=str)
+
+
+def _utf8(text: str) -> bool:
+    """Whether a string can be stored as UTF-8 (Arrow's strings): no lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class LukeAnnotator:
@@ -217,10 +241,8 @@ class LukeAnnotator:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if batch.schema.names != RECORD_SCHEMA.names:
-            batch = parse_records(batch, text_field=self.text_field, id_field=self.id_field)
-        rows = batch.to_pylist()
-        _maybe_crash(row["id"] for row in rows)
+        rows = parse_records(batch, text_field=self.text_field, id_field=self.id_field)
+        rows = rows.to_pylist()
         todo = [i for i, row in enumerate(rows) if row["error"] is None]
         out = [{**row, "entities": None} for row in rows]
         for i, result in zip(todo, self.annotate_texts([rows[i]["text"] for i in todo])):
@@ -241,14 +263,9 @@ class LukeAnnotator:
 
         budgets = [proc.settings.max_batch_items for proc in self.components]
         try:
-            while True:
-                try:
-                    docs = self.nlp.pipe(texts, batch_size=max(1, len(texts)))
-                    return [doc_to_record(doc, self.spans_keys)["entities"] for doc in docs]
-                except Exception as err:  # isolate the texts that cause it, below
-                    if not (_is_cuda_oom(err) and self._shrink_budget()):
-                        break
-            results = run_isolated(self.nlp, texts)
+            results = run_isolated(
+                self.nlp, texts, retry=lambda err: _is_cuda_oom(err) and self._shrink_budget()
+            )
         finally:
             for proc, budget in zip(self.components, budgets):
                 proc.set_max_batch_items(budget)
@@ -289,18 +306,16 @@ def annotate(
     dtype: Optional[str] = None,
     max_batch_items: Optional[int] = None,
     sentencizer: Optional[bool] = None,
-    skip_ids: Optional[Iterable[str]] = None,
 ) -> ray.data.Dataset:
     """Annotate a Ray dataset on a pool of actors; lazy, like any Ray dataset.
 
-    dataset (ray.data.Dataset): Rows with a text and an id column (other columns become meta),
-        or the output of `read_records`.
+    dataset (ray.data.Dataset): The output of `read_records`, or rows with a text and an id
+        column (other columns become meta).
     pipeline (Optional[str]): Saved pipeline folder or installed package, loaded by each actor.
     model (Optional[str]): Hub id or local checkpoint folder, for a blank pipeline instead.
     lang (str): Language of the blank pipeline.
-    text_field (str): Column or JSON field of the text.
-    id_field (Optional[str]): Column or JSON field of the id; None for the "path:line" of
-        `read_records`.
+    text_field (str): Column of the text, for rows not from `read_records`.
+    id_field (Optional[str]): Column of the id, for rows not from `read_records`.
     actors (Tuple[int, int]): Least and most actors of the autoscaling pool.
     gpus_per_actor (float): GPUs Ray reserves for each actor.
     cpus_per_actor (Optional[float]): CPUs Ray reserves for each actor, also its torch threads
@@ -310,26 +325,14 @@ def annotate(
     dtype (Optional[str]): luke_ner's dtype setting; None keeps the pipeline's.
     max_batch_items (Optional[int]): luke_ner's budget; None keeps the pipeline's.
     sentencizer (Optional[bool]): As in `load_pipeline`.
-    skip_ids (Optional[Iterable[str]]): Ids not to annotate again (see `done_ids`).
-    RETURNS (ray.data.Dataset): One `OUTPUT_SCHEMA` row per input row not skipped.
+    RETURNS (ray.data.Dataset): One `OUTPUT_SCHEMA` row per input row.
     """
-    import ray
     from ray.data import ActorPoolStrategy
 
     low, high = actors
     settings = {"context": context, "dtype": dtype, "max_batch_items": max_batch_items}
     overrides = {key: value for key, value in settings.items() if value is not None}
-    skip = None
-    if skip_ids is not None:
-        ids = pa.array(sorted(set(skip_ids)), pa.string())
-        # A top-level ObjectRef argument: Ray hands each task the array, stored once.
-        skip = ray.put(ids) if len(ids) else None
-    records = dataset.map_batches(
-        parse_records,
-        batch_format="pyarrow",
-        fn_kwargs={"text_field": text_field, "id_field": id_field, "skip_ids": skip},
-    )
-    return records.map_batches(
+    return dataset.map_batches(
         LukeAnnotator,
         fn_constructor_kwargs={
             "pipeline": pipeline,
@@ -350,69 +353,156 @@ def annotate(
     )
 
 
+def write_annotations(
+    annotated: ray.data.Dataset,
+    output: str,
+    *,
+    output_format: str = "parquet",
+    checkpoint: Optional[str] = None,
+) -> None:
+    """Write `annotate`'s rows as files under `output`, through Ray Data's checkpointing.
+
+    With `checkpoint`, Ray Data records the id of every row it writes under that path
+    (`ray.data.checkpoint.CheckpointConfig(id_column="id")`, a two-phase commit per output
+    file). Run again with the same input, output and checkpoint, the job deletes the files
+    of writes that never committed, drops the rows whose id is recorded right after the
+    read, and writes the others: the output holds every id once. The input must come from
+    `read_records` (the read gives the output's id), and its ids must be unique: a row
+    whose id was written by another row is dropped too. The checkpoint is kept after
+    success; remove it with `remove_checkpoint`.
+
+    annotated (ray.data.Dataset): The output of `annotate`.
+    output (str): Folder or URI of the output files.
+    output_format (str): "parquet" or "jsonl" (JSON lines, *.json files).
+    checkpoint (Optional[str]): Folder or URI of the checkpoint, on storage every node can
+        reach, never inside `output` (resuming deletes files there by name); None writes
+        without one.
+    """
+    from ray.data.checkpoint import CheckpointConfig
+
+    if output_format not in OUTPUT_EXTENSIONS:
+        raise ValueError(f"output_format is one of {sorted(OUTPUT_EXTENSIONS)}")
+    context = annotated.context
+    previous = context.checkpoint_config
+    if checkpoint is not None:
+        context.checkpoint_config = CheckpointConfig(
+            id_column=ID_COLUMN, checkpoint_path=checkpoint, delete_checkpoint_on_success=False
+        )
+    try:
+        if output_format == "parquet":
+            annotated.write_parquet(output)
+        else:
+            # pandas' default of 10 digits would round the scores.
+            annotated.write_json(output, double_precision=15)
+    finally:
+        context.checkpoint_config = previous
+
+
 # Readers
 
 
 def read_records(
-    paths: Union[str, List[str]], text_field: str = "text", **read_args: Any
+    paths: Union[str, List[str]],
+    text_field: str = "text",
+    id_field: Optional[str] = None,
+    **read_args: Any,
 ) -> ray.data.Dataset:
-    """Read JSONL (*.jsonl, *.json) or Parquet (*.parquet) files with a stable id per row.
+    """Read JSONL (*.jsonl, *.json) or Parquet (*.parquet) files as `RECORD_SCHEMA` rows.
 
-    Every row gets `_source` = "path:n" (n the 1-based line or row); a JSONL line that is no
-    record (not UTF-8, broken JSON, no string `text_field`) is read as its error, which
-    `parse_records` makes an error row. Paths are files, folders or URIs that Ray's file
-    readers accept; all JSONL or all Parquet, by extension.
+    A row's id is its `id_field`, else "path:n" (n the 1-based line of a JSONL file, or row
+    of a Parquet file). A JSONL line that is no record (not UTF-8, broken JSON, no string
+    `text_field`) is read as its error, with the local engine's words. Paths are files,
+    folders or URIs that Ray's file readers accept; all JSONL or all Parquet, by extension.
     """
     import ray.data
 
     paths = [paths] if isinstance(paths, str) else list(paths)
-    names = [path.lower() for path in paths]
-    if all(name.endswith(".parquet") for name in names):
-        datasource = ParquetRows(paths, file_extensions=["parquet"])
-    elif all(name.endswith((".jsonl", ".json")) for name in names):
-        datasource = JSONLines(paths, text_field, file_extensions=["jsonl", "json"])
+    if input_format(paths) == "parquet":
+        datasource = ParquetRows(paths, text_field, id_field, file_extensions=["parquet"])
     else:
-        raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
+        datasource = JSONLines(paths, text_field, id_field, file_extensions=["jsonl", "json"])
     return ray.data.read_datasource(datasource, **read_args)
 
 
-class JSONLines(FileBasedDatasource):
-    """JSONL files as `jsonl_tables`."""
+def input_format(paths: List[str]) -> str:
+    """What the input files (and the files in input folders) are, by extension: "jsonl"
+    (*.jsonl, *.json) or "parquet". Raises ValueError for a mix, or for neither."""
+    formats = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+    found = set()
+    for path in paths:
+        names = [path] if _extension(path) in formats else list_files(path)
+        found |= {formats[_extension(name)] for name in names if _extension(name) in formats}
+    if len(found) != 1:
+        raise ValueError("inputs are all JSONL (*.jsonl, *.json) or all Parquet (*.parquet)")
+    return found.pop()
 
-    def __init__(self, paths: Union[str, List[str]], text_field: str = "text", **kwargs: Any):
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+class _RecordFiles(FileBasedDatasource):
+    def __init__(
+        self,
+        paths: Union[str, List[str]],
+        text_field: str = "text",
+        id_field: Optional[str] = None,
+        **kwargs: Any,
+    ):
         super().__init__(paths, **kwargs)
         self.text_field = text_field
+        self.id_field = id_field
+
+
+class JSONLines(_RecordFiles):
+    """JSONL files as `jsonl_tables`."""
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        return jsonl_tables(f, path, self.text_field)
+        return jsonl_tables(f, path, self.text_field, self.id_field)
 
 
-class ParquetRows(FileBasedDatasource):
+class ParquetRows(_RecordFiles):
     """Parquet files as `parquet_tables`."""
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
-        return parquet_tables(f, path)
+        return parquet_tables(f, path, self.text_field, self.id_field)
 
 
-def jsonl_tables(f: Any, path: str, text_field: str) -> Iterator[pa.Table]:
-    """A JSONL file read as the local engine reads it (`cli._read_lines`: blank lines skipped,
-    UTF-8 per line, the same errors): `_source` ("path:line") and the `ITEM_COLUMNS`."""
+def jsonl_tables(
+    f: Any, path: str, text_field: str = "text", id_field: Optional[str] = None
+) -> Iterator[pa.Table]:
+    """A JSONL file read as the local engine reads it (`reading.read_lines`: blank lines skipped,
+    UTF-8 per line, the same errors), as `RECORD_SCHEMA` tables."""
     from .reading import Source, read_lines
 
     rows: List[Dict[str, Any]] = []
     for item in read_lines(Source(Path(path), jsonl=True), f.readall().split(b"\n"), text_field):
-        meta = json.dumps(item.meta, ensure_ascii=False) if item.meta else None
-        values = (item.source, item.text, meta, item.error)
-        rows.append(dict(zip(ITEM_SCHEMA.names, values)))
+        if item.error is None:
+            fields = {**(item.meta or {}), text_field: item.text}
+            rows.append(_record(fields, item.source, text_field, id_field))
+        else:
+            rows.append(_item_error(item, id_field))
         if len(rows) == READ_ROWS:
-            yield pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+            yield pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
             rows = []
     if rows:
-        yield pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+        yield pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-def parquet_tables(f: Any, path: str) -> Iterator[pa.Table]:
-    """A Parquet file with a `_source` column ("path:row")."""
+def _item_error(item: Any, id_field: Optional[str]) -> Dict[str, Any]:
+    """The error row of a line that is no record: its own id when it has a usable one."""
+    value = (item.meta or {}).get(id_field) if id_field is not None else None
+    id_ = item.source
+    if value is not None and _utf8(_id_string(value)):
+        id_ = _id_string(value)
+    return {"id": id_, "text": item.text, "meta": meta_json(item.meta), "error": item.error}
+
+
+def parquet_tables(
+    f: Any, path: str, text_field: str = "text", id_field: Optional[str] = None
+) -> Iterator[pa.Table]:
+    """A Parquet file as `RECORD_SCHEMA` tables (`parse_records` of its rows, the id
+    "path:n" when `id_field` is None)."""
     import pyarrow.parquet as pq
 
     # Parquet needs a seekable file and Ray hands over a stream: read the file whole.
@@ -420,50 +510,164 @@ def parquet_tables(f: Any, path: str) -> Iterator[pa.Table]:
     start = 1
     for batch in parquet.iter_batches(batch_size=READ_ROWS):
         sources = pa.array([f"{path}:{start + i}" for i in range(batch.num_rows)])
-        yield pa.Table.from_batches([batch]).append_column(SOURCE_COLUMN, sources)
+        table = pa.Table.from_batches([batch])
+        if SOURCE_COLUMN in table.column_names:
+            table = table.drop_columns([SOURCE_COLUMN])
+        table = table.append_column(SOURCE_COLUMN, sources)
+        yield parse_records(table, text_field=text_field, id_field=id_field)
         start += batch.num_rows
 
 
-# Helpers
+# The output and the checkpoint
 
 
-def done_ids(path: str) -> List[str]:
-    """The ids of rows without error already written under `path` (Parquet or JSON lines)."""
-    table = read_output(list_files(path), ["id", "error"])
-    return table.filter(pc.is_null(table["error"]))["id"].to_pylist()
+@dataclass
+class OutputSummary:
+    """What an output folder holds: rows, error rows, and ids found on more than one row."""
+
+    rows: int = 0
+    error_rows: int = 0
+    repeated_ids: int = 0
+    examples: List[str] = field(default_factory=list)
 
 
-def count_rows(files: List[str]) -> Tuple[int, int]:
-    """Rows and error rows of output files (Parquet or JSON lines)."""
-    errors = read_output(files, ["error"])["error"]
-    return len(errors), len(errors) - errors.null_count
+def summarize_output(files: List[str], examples: int = 3) -> OutputSummary:
+    """Rows, error rows and repeated ids of output files (*.parquet, *.json), counted on
+    the cluster (a Ray Data group-by on `id`), so that the driver never holds the ids.
+
+    files (List[str]): The output files; other names are ignored.
+    examples (int): How many repeated ids to name.
+    RETURNS (OutputSummary): The counts.
+    """
+    import ray.data
+    from ray.data.aggregate import Count
+
+    files = [name for name in files if name.endswith(tuple(OUTPUT_EXTENSIONS.values()))]
+    if not files:
+        return OutputSummary()
+    rows = ray.data.read_datasource(OutputColumns(files, columns=[ID_COLUMN, "error"]))
+    # One partition per file, up to Ray's default: a small output is not split 200 ways.
+    grouped = rows.groupby(ID_COLUMN, num_partitions=min(len(files), 200)).aggregate(
+        Count(alias_name="rows"), Count(on="error", ignore_nulls=True, alias_name="errors")
+    )
+    parts = grouped.map_batches(
+        _id_counts, fn_kwargs={"examples": examples}, batch_format="pyarrow"
+    ).take_all()
+    summary = OutputSummary()
+    for part in parts:
+        summary.rows += part["rows"]
+        summary.error_rows += part["errors"]
+        summary.repeated_ids += part["repeated"]
+        summary.examples.extend(part["examples"])
+    summary.examples = sorted(summary.examples)[:examples]
+    return summary
+
+
+def _id_counts(batch: pa.Table, examples: int) -> pa.Table:
+    """One row for a batch of (id, rows, errors) groups: totals, and the ids seen twice."""
+    repeated = batch.filter(pc.greater(batch["rows"], 1))[ID_COLUMN]
+    return pa.table(
+        {
+            "rows": [pc.sum(batch["rows"]).as_py() or 0],
+            "errors": [pc.sum(batch["errors"]).as_py() or 0],
+            "repeated": [len(repeated)],
+            "examples": [repeated.slice(0, examples).to_pylist()],
+        }
+    )
+
+
+class OutputColumns(FileBasedDatasource):
+    """Columns of output files (*.parquet, *.json) as Ray reads them, for the summary.
+    (Our own reader, as `read_records`: in Ray 2.60, `read_parquet` of a list of files
+    lists them on threads that race on importing fsspec's optional HTTP module.)"""
+
+    def __init__(self, paths: List[str], columns: List[str], **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self.columns = columns
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        yield output_table(pa.BufferReader(f.readall()), path, self.columns)
+
+
+def output_table(file: Any, name: str, columns: List[str]) -> pa.Table:
+    """Columns of one output file (Parquet, or JSON lines for *.json), in `OUTPUT_SCHEMA`'s
+    types."""
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([OUTPUT_SCHEMA.field(column) for column in columns])
+    if name.endswith(".parquet"):
+        return pq.read_table(file, columns=columns).cast(schema)
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    return pajson.read_json(file, parse_options=options).select(columns)
+
+
+def count_rows(files: List[str]) -> int:
+    """Rows of output files (*.parquet, *.json), one file at a time (Parquet's footers)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for name in files:
+        if name.endswith(".parquet"):
+            fs, path = _filesystem(name)
+            with fs.open_input_file(path) as file:
+                rows += pq.ParquetFile(file).metadata.num_rows
+        elif name.endswith(".json"):
+            rows += read_output([name], [ID_COLUMN]).num_rows
+    return rows
 
 
 def read_output(files: List[str], columns: List[str]) -> pa.Table:
     """Columns of the output files among `files` (*.parquet, *.json); others are ignored."""
-    import pyarrow.dataset as pads
-
     schema = pa.schema([OUTPUT_SCHEMA.field(column) for column in columns])
-    tables = []
-    for fmt, ext in (("parquet", ".parquet"), ("json", ".json")):
-        found = [name for name in files if name.endswith(ext)]
-        if found:
-            tables.append(pads.dataset(found, format=fmt).to_table(columns=columns))
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables([table.cast(schema) for table in tables])
+    tables = [schema.empty_table()]
+    for name in files:
+        if name.endswith(tuple(OUTPUT_EXTENSIONS.values())):
+            fs, path = _filesystem(name)
+            with fs.open_input_file(path) as file:
+                tables.append(output_table(file, name, columns))
+    return pa.concat_tables(tables)
 
 
 def list_files(path: str) -> List[str]:
     """The files under a folder or URI, recursively; none when it does not exist."""
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs, root = _filesystem(path)
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     prefix = path[: path.index("://") + 3] if "://" in path else ""
     return [prefix + info.path for info in infos if info.type == pafs.FileType.File]
+
+
+def path_kind(path: str) -> str:
+    """What a local path or URI names: "missing", "file" or "folder"."""
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(path)
+    kind = fs.get_file_info(root).type
+    if kind == pafs.FileType.NotFound:
+        return "missing"
+    return "folder" if kind == pafs.FileType.Directory else "file"
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a finished job's checkpoint folder, if there is one."""
+    fs, root = _filesystem(path)
+    if path_kind(path) != "missing":
+        fs.delete_dir(root)
+
+
+def _filesystem(path: str) -> Tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), path
+
+
+# Helpers
 
 
 def pipeline_metadata(nlp: Any, *, model: Optional[str] = None) -> Dict[str, Any]:
@@ -502,21 +706,3 @@ def _is_cuda_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "CUDA out of memory" in str(err)
     )
-
-
-def _maybe_crash(ids: Iterable[str]) -> None:
-    """The test-only hook (CRASH_ENV): exit or raise on the batch with an id, once."""
-    hooks = os.environ.get(CRASH_ENV)
-    markers = os.environ.get(CRASH_MARKERS_ENV)
-    if not hooks or not markers:
-        return
-    actions = dict(hook.rsplit("=", 1) for hook in hooks.split(","))
-    for id_ in ids:
-        marker = os.path.join(markers, hashlib.sha1(id_.encode()).hexdigest())
-        if id_ not in actions or os.path.exists(marker):
-            continue
-        with open(marker, "w", encoding="utf-8") as file:
-            file.write(str(os.getpid()))
-        if actions[id_] == "exit":
-            os._exit(1)
-        raise RuntimeError(f"test hook: abort on {id_}")

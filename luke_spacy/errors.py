@@ -6,8 +6,20 @@ model and both annotation engines import it, and `luke-spacy --help` never waits
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 PROG = "luke-spacy"  # every message of the command line starts "luke-spacy: "
 EXIT_USAGE = 2
+
+
+def say(message: str, progress: Any = None) -> None:
+    """One line of the command line on stderr, above the progress bar when there is one."""
+    line = f"{PROG}: {message}"
+    if progress is not None:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 class CheckpointError(ValueError):

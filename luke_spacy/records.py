@@ -19,11 +19,12 @@ does not fail the others.
 
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from . import isolation
 from .errors import error_line
 from .reading import LONE_SURROGATE
 
@@ -101,22 +102,24 @@ def pipeline_error(err: BaseException) -> str:
     return f"the pipeline failed on this text: {error_line(err, with_type=True)}"
 
 
-def json_line(record: Dict[str, Any]) -> str:
+def json_line(record: Dict[str, Any], default: Optional[Callable[[Any], Any]] = None) -> str:
     """A record as one line of strict JSON (RFC 8259), without the line break.
 
     Non-finite numbers become null (JSON has none). Lone surrogates, which a meta keeps as they
     came, are written as \\u escapes so that the line stays valid UTF-8; other text as is.
 
     record (Dict[str, Any]): The record.
+    default (Optional[Callable[[Any], Any]]): How values JSON does not know are written (as
+        `json.dumps`' `default`); None raises on them.
     RETURNS (str): The line.
     """
     try:
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False, default=default)
     except ValueError:  # NaN or an infinity somewhere in the record
         record = _finite(record)
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False, default=default)
     if LONE_SURROGATE.search(line):
-        line = json.dumps(record, allow_nan=False)
+        line = json.dumps(record, allow_nan=False, default=default)
     return line
 
 
@@ -131,26 +134,25 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def run_isolated(nlp: Language, texts: Sequence[str]) -> List[Union[Doc, Exception]]:
+def run_isolated(
+    nlp: Language, texts: Sequence[str], retry: Optional[Callable[[Exception], bool]] = None
+) -> List[Union[Doc, Exception]]:
     """Run the pipeline on a batch of texts so that a text that makes it raise fails alone.
 
     The batch goes through `nlp.pipe`; when that raises, each text runs alone and the texts
-    that still fail get their exception in their place. (An error handler set with
-    `nlp.set_error_handler` could only drop a failing Doc, without its text's place.)
+    that still fail get their exception in their place (`isolation.run_isolated`). An error
+    handler set with `nlp.set_error_handler` could only drop a failing Doc, without its
+    text's place.
 
     nlp (Language): The pipeline.
     texts (Sequence[str]): The texts of one batch.
+    retry (Optional[Callable[[Exception], bool]]): Whether to run the whole batch again after
+        a failure (the Ray engine halves its memory budget on CUDA out-of-memory).
     RETURNS (List[Union[Doc, Exception]]): A Doc or an exception per text, in order.
     """
-    if not texts:
-        return []
-    try:
-        return list(nlp.pipe(texts, batch_size=len(texts)))
-    except Exception:
-        results: List[Union[Doc, Exception]] = []
-        for text in texts:
-            try:
-                results.append(nlp(text))
-            except Exception as err:  # this text's error; the others go on
-                results.append(err)
-        return results
+    return isolation.run_isolated(
+        texts,
+        lambda batch: list(nlp.pipe(batch, batch_size=len(batch))),
+        on_error=lambda text, err: err,
+        retry=retry,
+    )
