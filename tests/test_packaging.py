@@ -121,6 +121,22 @@ def test_package_meta_keeps_the_pipelines_requirements(tiny_luke, tmp_path):
     assert spacy.util.split_requirement(meta["requirements"][1])[0] == "luke-spacy"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="luke_ner's initialize does not call luke_spacy.packaging.record_requirements yet "
+    "(pipe.py is being refactored); remove this mark once it does",
+)
+def test_initialize_records_the_requirement_that_spacy_package_uses(tiny_mluke, tmp_path):
+    """`spacy package` without a meta of ours: the pipeline's own meta asks for the extra."""
+    from spacy.cli.package import get_meta
+
+    nlp = make_nlp(tiny_mluke)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    requirements = get_meta(tmp_path / "pipeline", {})["requirements"]
+    assert any(req.startswith("luke-spacy[mluke]>=") for req in requirements), requirements
+
+
 @pytest.mark.slow
 def test_packaged_mluke_pipeline_installs_and_loads(mluke_pipeline, tmp_path):
     """The whole package step with its install check: pip installs the package in a fresh
