@@ -151,6 +151,69 @@ class Timer:
             self.cpu += time.process_time() - c
 
 
+def rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory of a block, in MiB: in all, and above what was held when it began.
+
+    On CUDA, `torch.cuda.max_memory_allocated` (`total` includes the weights of every loaded
+    model; `extra` is the activations and workspace, what `max_batch_items` bounds). On the
+    CPU, the process's peak RSS (VmHWM, reset at the start; None where it cannot be reset).
+    """
+
+    device: str = "cpu"
+    kind: str = ""
+    total_mib: Optional[float] = None
+    extra_mib: Optional[float] = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        cuda = self.device.startswith("cuda")
+        self.kind = "cuda_max_allocated" if cuda else "rss_peak"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() / 2**10
+        else:
+            before = rss_kib()
+            reset = reset_peak_rss()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() / 2**10
+            else:
+                peak = rss_kib("VmHWM") if reset else None
+            if peak is not None:
+                self.total_mib = round(peak / 1024, 1)
+                self.extra_mib = round((peak - before) / 1024, 1)
+
+    def row(self) -> Dict[str, Any]:
+        return {
+            "peak_memory_kind": self.kind,
+            "peak_memory_mib": self.total_mib,
+            "peak_memory_extra_mib": self.extra_mib,
+        }
+
+
 @dataclass
 class Flops:
     """Forward FLOPs counted from shapes (transformer layers only).

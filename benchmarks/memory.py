@@ -45,7 +45,15 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MODE_SETTINGS, component, load_pipeline, read_conll, write_json  # noqa: E402
+from common import (  # noqa: E402
+    MODE_SETTINGS,
+    component,
+    load_pipeline,
+    read_conll,
+    reset_peak_rss,
+    rss_kib,
+    write_json,
+)
 
 from luke_spacy.conll import words_doc  # noqa: E402
 
@@ -83,24 +91,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if not args.stream_docs and not args.conll:
         parser.error("--conll is required unless --stream-docs is given")
     return args
-
-
-def rss_kib(field: str = "VmRSS") -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak RSS (VmHWM) of this process; False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def malloc_trim() -> Optional[int]:

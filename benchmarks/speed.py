@@ -20,7 +20,13 @@ seconds (wall and process CPU time), words/s, docs/s, forward passes, speed-up o
 and agreement of the entities with B1 per sentence; the forward FLOPs counted from shapes,
 TFLOP/s, and their share of the device's measured matmul throughput in the method's dtype
 (`gemm_tflops`: a feed-forward-shaped fp32 or bf16 matmul, the ceiling of the linear layers);
-with `--device cuda` also the share of `--peak-tflops`.
+with `--device cuda` also the share of `--peak-tflops`; and the peak memory of each method's
+first round (`torch.cuda.max_memory_allocated` on CUDA, peak RSS on the CPU), in all and above
+what was held before it (`peak_memory_extra_mib`).
+
+`--budgets N M` then runs `--budget-mode` (the component's default, exact+sdpa, unless given)
+once with each `max_batch_items` budget: seconds, words/s, forward batches, the largest batch's
+positions, peak memory and agreement with B1, so that a smaller budget shows a smaller peak.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     MODES,
     Flops,
+    PeakMemory,
     Timer,
     agreement,
     b1_predict,
@@ -94,6 +101,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="B2: longest candidate span in words (default: no limit)",
     )
     parser.add_argument("--warmup-words", type=int, default=60, help="size of the warm-up Doc")
+    parser.add_argument(
+        "--budgets",
+        type=int,
+        nargs="*",
+        default=[],
+        help="max_batch_items budgets to run --budget-mode with, one run each (peak memory)",
+    )
+    parser.add_argument(
+        "--budget-mode", default="exact+sdpa", choices=MODES, help="the mode of --budgets"
+    )
     return parser.parse_args(argv)
 
 
@@ -202,6 +219,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "max_batch_items": args.max_batch_items,
             "b2_max_span_words": args.b2_max_span_words,
             "peak_tflops": args.peak_tflops if cuda else None,
+            "budgets": args.budgets,
+            "budget_mode": args.budget_mode,
         },
         "environment": environment(device, args.threads),
         "data": {"documents": len(documents), "sentences": n_sentences, "words": n_words},
@@ -244,13 +263,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for round_index in range(args.rounds):
         for name, run in methods.items():
             flops = Flops.of(configs[name]) if round_index == 0 else None
-            timer = Timer(device)
-            with timer():
+            timer, memory = Timer(device), PeakMemory(device)
+            with memory(), timer():
                 entities, passes, extra = run(documents, flops)
             walls[name].append(timer.wall)
             cpus[name].append(timer.cpu)
             if round_index == 0:
-                first[name] = (entities, passes, extra, flops)
+                first[name] = (entities, passes, {**extra, **memory.row()}, flops)
             print(
                 f"round {round_index + 1}/{args.rounds} {name:<16} {timer.wall:9.2f} s "
                 f"(cpu {timer.cpu:.2f} s)",
@@ -289,10 +308,44 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             )
         )
         results[name] = row
+    out["budgets"] = run_budgets(args, documents, n_words, warm, b1[0] if b1 else None)
     with contextlib.suppress(OSError):
         out["environment"]["loadavg_end"] = os.getloadavg()
     write_json(args.out, out)
     print_table(out)
+    return out
+
+
+def run_budgets(
+    args: argparse.Namespace, documents: List[Any], n_words: int, warm: List[Any], b1_entities
+) -> Dict[str, Any]:
+    """`--budget-mode` once per `--budgets` value: time, batches and peak memory."""
+    out: Dict[str, Any] = {}
+    for budget in args.budgets:
+        nlp = load_pipeline(args.model, args.budget_mode, args.device, budget)
+        run = ours_method(nlp, args.batch_size)
+        run(warm, None)
+        timer, memory = Timer(args.device), PeakMemory(args.device)
+        with memory(), timer():
+            entities, passes, extra = run(documents, None)
+        row: Dict[str, Any] = {
+            "mode": args.budget_mode,
+            "seconds": round(timer.wall, 3),
+            "words_per_s": round(n_words / timer.wall, 2),
+            "passes": passes,
+            **extra,
+            **memory.row(),
+        }
+        if b1_entities is not None:
+            row["agreement_with_B1"] = agreement(b1_entities, entities)
+        out[str(budget)] = row
+        print(
+            f"budget {budget:>6} {args.budget_mode}: {timer.wall:.2f} s, largest batch "
+            f"{extra['largest_batch_positions']} positions, peak memory +{memory.extra_mib} MiB "
+            f"({memory.kind})",
+            flush=True,
+        )
+        del nlp, run
     return out
 
 
@@ -307,6 +360,7 @@ def print_table(out: Dict[str, Any]) -> None:
     header += f" {'xB1':>6} {'xB1cpu':>6} {'xB2':>6} {'agreeB1':>8}"
     if any("tflops_per_s" in row for row in out["results"].values()):
         header += f" {'TFLOP/s':>8} {'gemm%':>6} {'peak%':>6}"
+    header += f" {'mem+MiB':>8}"
     print(header)
     for name, row in out["results"].items():
         agree = row.get("agreement_with_B1", {}).get("sentences_identical")
@@ -320,6 +374,7 @@ def print_table(out: Dict[str, Any]) -> None:
             line += f" {row['tflops_per_s']:8.3f} {100 * row['share_of_gemm']:6.1f}"
             peak = row.get("share_of_peak")
             line += f" {100 * peak:6.2f}" if peak is not None else "      -"
+        line += f" {_fmt(row.get('peak_memory_extra_mib'), 8, 1)}"
         print(line)
 
 

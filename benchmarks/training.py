@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         "steps": steps,
         "seconds_per_step": train_seconds / max(steps, 1),
         "train_words_seen": words,
+        "train_words_per_second": words / train_seconds if train_seconds else 0.0,
         "epochs_seen": words / n_train_words,
         "seconds_per_epoch": train_seconds * n_train_words / max(words, 1),
         "loss_first_10_steps": sum(losses[:10]) / max(1, len(losses[:10])),

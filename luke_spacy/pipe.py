@@ -26,6 +26,7 @@ from .annotation import scored_span_group, trf_data, word_spans
 from .checkpoint import check_saved_labels
 from .decoding import decode_sentence
 from .isolation import run_isolated
+from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
 from .settings import Attention, Context, DType, NerSettings, config_defaults
@@ -200,6 +201,9 @@ class LukeEntityRecognizer(TrainablePipe):
             )
         runtime = self.runtime
         runtime.load(labels=None if labels is None else list(labels))
+        if nlp is not None:
+            # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
+            record_requirements(nlp.meta, [type(runtime.tokenizer).__name__])
         if labels is None or not examples:
             return
         report = Coverage()

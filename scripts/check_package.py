@@ -2,6 +2,8 @@
 
 For the package folder written by `spacy package` (e.g. packages/en_luke_ner_conll03-0.1.0):
 
+0. its meta has a description and a license (scripts/package_meta.py writes them: the
+   checkpoint's) and requires luke-spacy;
 1. load the pipeline data inside the package folder;
 2. install the sdist from dist/ the way a user would: `pip install` with its dependencies,
    into a fresh virtual environment, with luke-spacy's own wheel (built from this checkout,
@@ -107,6 +109,17 @@ def pip(python: str, *args: str) -> None:
         raise SystemExit(f"error: pip {' '.join(args[:1])} failed")
 
 
+def meta_problems(meta: dict) -> list:
+    """What a package meta lacks: a description, a license, a requirement on luke-spacy."""
+    from packaging.requirements import Requirement
+
+    problems = [f"an empty {key}" for key in ("description", "license") if not meta.get(key)]
+    names = {Requirement(req).name.replace("_", "-") for req in meta.get("requirements", [])}
+    if "luke-spacy" not in names:
+        problems.append("no requirement on luke-spacy")
+    return problems
+
+
 def torch_requirement() -> str:
     """This environment's torch release (without a local label such as +cpu)."""
     from importlib.metadata import version
@@ -168,6 +181,10 @@ def main(argv=None) -> int:
         if meta["name"].startswith(meta["lang"] + "_")
         else (f"{meta['lang']}_{meta['name']}")
     )
+    problems = meta_problems(meta)
+    if problems:
+        print(f"error: the package meta has {', '.join(problems)} (scripts/package_meta.py)")
+        return 1
     data_dir = args.package_dir / name / f"{name}-{meta['version']}"
     sdists = sorted((args.package_dir / "dist").glob("*.tar.gz"))
     if not data_dir.is_dir() or not sdists:
