@@ -40,6 +40,13 @@ def training_log(path: Path, component: str, score_prefix: str) -> List[Dict[str
     return rows
 
 
+def run_environment(threads: int) -> Dict[str, Any]:
+    """`common.environment` less the load average, which is the report's, not the run's."""
+    env = environment("cpu", threads)
+    env.pop("loadavg_start", None)
+    return env
+
+
 def scores(path: Path) -> Dict[str, Any]:
     """P/R/F1 overall and per type from a `spacy evaluate --output` file."""
     metrics = json.loads(path.read_text(encoding="utf8"))
@@ -103,7 +110,7 @@ def main(argv=None) -> int:
             "steps_done": log[-1]["step"],
             "epochs_done": log[-1]["epoch"],
             "best_step": best["step"],
-            "environment": environment("cpu", args.threads),
+            "environment": run_environment(args.threads),
             "spacy": spacy.__version__,
         },
         "corpus_counts": json.loads((out / "corpus" / "counts.json").read_text())["counts"],

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import spacy
-from common import environment, write_json
-from conll_small_report import training_log
+from common import write_json
+from conll_small_report import run_environment, training_log
 
 DEFAULT_SUGGESTER = {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3]}
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             "epochs_done": log[-1]["epoch"],
             "best_step": best["step"],
             "best_holdout_f": best["dev_f"],
-            "environment": environment("cpu", args.threads),
+            "environment": run_environment(args.threads),
             "spacy": spacy.__version__,
         },
         "test_spacy_evaluate": {
