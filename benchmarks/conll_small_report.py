@@ -120,6 +120,12 @@ def main(argv=None) -> int:
         "test": scores(out / "metrics" / "test.json"),
         "log": log,
     }
+    other = out / "metrics" / "test-document-context.json"
+    if other.exists():
+        scores_other = json.loads(other.read_text(encoding="utf8"))
+        report["test_document_context"] = {
+            key: scores_other[key] for key in ("settings", "p", "r", "f", "per_type")
+        }
     write_json(str(args.results), report)
     print(json.dumps({k: report[k] for k in ("dev", "test")}, indent=2))
     return 0

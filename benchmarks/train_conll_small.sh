@@ -12,7 +12,8 @@
 # command-line overrides only (sentence context; the recipe's spans of <= 16 subwords, 128 spans
 # per pass, batches of ~500 words, Adam with weight decay 0.01 and gradient clipping 5, linear
 # warm-up and decay), (4) `spacy evaluate` of model-best on dev and test (gold sentence
-# boundaries, as the project's `evaluate`), (5) the summary JSON (conll_small_report.py).
+# boundaries, as the project's `evaluate`), and on test with document context too
+# (evaluate_with.py), (5) the summary JSON (conll_small_report.py).
 #
 # Outputs under OUT: corpus/, init/ (the random checkpoint), model-best/, model-last/,
 # train.log (spaCy's table with wall-clock times), train.jsonl (spaCy's log), metrics/.
@@ -65,6 +66,11 @@ for split in dev test; do
   python -m spacy evaluate "$OUT/model-best" "$OUT/corpus/$split.spacy" \
     --output "$OUT/metrics/$split.json" --code scripts/gold_sentences.py
 done
+# The same model with the recipe's document context at inference (trained with $CONTEXT).
+if [ "$CONTEXT" != document ]; then
+  python benchmarks/evaluate_with.py "$OUT/model-best" "$OUT/corpus/test.spacy" \
+    --set context=document --out "$OUT/metrics/test-document-context.json"
+fi
 
 python benchmarks/conll_small_report.py --out-dir "$OUT" --results "$RESULTS" \
   --train-seconds $((end - start)) --threads "$THREADS" --context "$CONTEXT" \
