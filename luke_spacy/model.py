@@ -47,7 +47,7 @@ from .checkpoint import (
 )
 from .errors import error_line
 from .runtime import build_span_model
-from .settings import NerSettings
+from .settings import NerSettings, SettingsError
 from .tokenization import entity_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -605,7 +605,8 @@ def _keys(entries: Iterable[Any]) -> List[str]:
 
 
 def check_device(device: Optional[str]) -> None:
-    """Raise a ValueError that says what is missing when a torch device cannot be used.
+    """Raise a SettingsError (a ValueError) that says what is missing when a torch device
+    cannot be used.
 
     device (Optional[str]): A torch device name ("cpu", "cuda", "cuda:1", "mps"), or None
         (follow spaCy's current device).
@@ -615,8 +616,8 @@ def check_device(device: Optional[str]) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"luke_ner: device {device!r} is not a torch device; use null, 'cpu' or 'cuda:0'."
+        raise SettingsError(
+            [("device", f"{device!r} is not a torch device; use null, 'cpu' or 'cuda:0'")]
         ) from err
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
@@ -630,12 +631,17 @@ def check_device(device: Optional[str]) -> None:
                     f"torch (CUDA {torch.version.cuda}) sees no GPU; check the NVIDIA driver "
                     "and CUDA_VISIBLE_DEVICES"
                 )
-            raise ValueError(f"luke_ner: device {device!r} cannot be used: {why}.")
+            raise SettingsError([("device", f"{device!r} cannot be used: {why}")])
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise ValueError(
-                f"luke_ner: device {device!r} cannot be used: torch sees {count} GPU(s), "
-                f"cuda:0 to cuda:{count - 1}."
+            raise SettingsError(
+                [
+                    (
+                        "device",
+                        f"{device!r} cannot be used: torch sees {count} GPU(s), "
+                        f"cuda:0 to cuda:{count - 1}",
+                    )
+                ]
             )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"luke_ner: device {device!r} cannot be used: MPS is not available.")
+        raise SettingsError([("device", f"{device!r} cannot be used: MPS is not available")])

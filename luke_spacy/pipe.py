@@ -29,7 +29,7 @@ from .isolation import run_isolated
 from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
-from .settings import Attention, Context, DType, NerSettings, config_defaults
+from .settings import Attention, Context, DType, NerSettings, SettingsError, config_defaults
 from .training import Coverage, coverage, gold_doc, gold_entities, span_loss, span_targets
 
 # The settings' defaults come from NerSettings; the model's are those of
@@ -90,8 +90,13 @@ def make_luke_ner(
         )
     # The factory's own arguments, so spaCy validates each setting against its type.
     given = locals()
-    settings = NerSettings(**{key: given[key] for key in NerSettings.__dataclass_fields__})
-    return LukeEntityRecognizer(nlp.vocab, model, name, settings=settings, scorer=scorer)
+    values = {key: given[key] for key in NerSettings.__dataclass_fields__}
+    try:
+        settings = NerSettings(**values)
+        return LukeEntityRecognizer(nlp.vocab, model, name, settings=settings, scorer=scorer)
+    except SettingsError as err:
+        # Values out of range are config errors, reported as spaCy reports wrong types.
+        raise err.config_error(name, values) from None
 
 
 class LukeEntityRecognizer(TrainablePipe):

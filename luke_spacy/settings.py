@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Literal, Optional, get_args
+from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
+
+from confection import ConfigValidationError
 
 from .encoding import RecipeSettings
 
@@ -12,6 +15,36 @@ from .encoding import RecipeSettings
 Context = Literal["document", "sentence"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attention = Literal["eager", "sdpa"]
+# The settings that count positions: each must be a positive integer.
+POSITIVE_INTEGERS = ("max_mention_length", "max_entity_length", "max_length", "max_batch_items")
+
+
+class SettingsError(ValueError):
+    """Settings with values out of range, each named (a ValueError, for Python callers).
+
+    The factory raises it as spaCy's formatted config error (`config_error`), as spaCy does
+    for a value of the wrong type, so `spacy train` and `spacy debug config` name the setting
+    instead of ending in a traceback.
+
+    problems (List[Tuple[str, str]]): (setting, what is wrong) pairs, e.g.
+        ("max_length", "must be a positive integer, got 0").
+    """
+
+    def __init__(self, problems: List[Tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__(" ".join(f"luke_ner: {key} {message}." for key, message in problems))
+
+    def config_error(self, name: str, config: Dict[str, Any]) -> ConfigValidationError:
+        """The error as spaCy reports a setting of the wrong type.
+
+        name (str): The component's name in the pipeline.
+        config (Dict[str, Any]): The component's settings, shown with the error.
+        """
+        return ConfigValidationError(
+            config=config,
+            errors=[{"loc": [name, key], "msg": message} for key, message in self.problems],
+            title="Config error for 'luke_ner'",
+        )
 
 
 @dataclass(frozen=True)
@@ -53,27 +86,9 @@ class NerSettings:
     set_trf_data: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("max_mention_length", "max_entity_length", "max_length", "max_batch_items"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"luke_ner: {key} must be a positive integer, got {value!r}.")
-        if self.max_mention_length > self.max_length:
-            raise ValueError(
-                f"luke_ner: max_mention_length ({self.max_mention_length}) cannot exceed "
-                f"max_length ({self.max_length})."
-            )
-        threshold = self.threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"luke_ner: threshold must be a number, got {threshold!r}.")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
-        # spaCy checks these through the factory's Literal types; Python callers get the same.
-        for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
-            allowed = get_args(choices)
-            if getattr(self, key) not in allowed:
-                raise ValueError(
-                    f"luke_ner: {key} must be one of {allowed}, got {getattr(self, key)!r}."
-                )
+        problems = settings_problems(self)
+        if problems:
+            raise SettingsError(problems)
 
     @property
     def recipe(self) -> RecipeSettings:
@@ -88,6 +103,57 @@ class NerSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as the JSON-serializable dict saved in the component's `cfg`."""
         return asdict(self)
+
+
+def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
+    """What is wrong with each setting whose value is out of range (empty when none is).
+
+    settings (NerSettings): The settings to check.
+    RETURNS (List[Tuple[str, str]]): (setting, what is wrong) pairs, in field order.
+    """
+    problems: List[Tuple[str, str]] = []
+    for key in POSITIVE_INTEGERS:
+        value = getattr(settings, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append((key, f"must be a positive integer, got {value!r}"))
+    bad = {key for key, _ in problems}
+    if not bad & {"max_mention_length", "max_length"}:
+        if settings.max_mention_length > settings.max_length:
+            problems.append(
+                (
+                    "max_mention_length",
+                    f"({settings.max_mention_length}) cannot exceed max_length "
+                    f"({settings.max_length}): a candidate span must fit in a window",
+                )
+            )
+    # spaCy checks these through the factory's Literal types; Python callers get the same.
+    for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
+        allowed = get_args(choices)
+        if getattr(settings, key) not in allowed:
+            problems.append((key, f"must be one of {allowed}, got {getattr(settings, key)!r}"))
+    problem = probability_problem(settings.threshold)
+    if problem is not None:
+        problems.append(("threshold", problem))
+    if settings.spans_key is not None and (
+        not isinstance(settings.spans_key, str) or not settings.spans_key
+    ):
+        problems.append(
+            ("spans_key", f"must be a non-empty string or null, got {settings.spans_key!r}")
+        )
+    return problems
+
+
+def probability_problem(value: Any) -> Optional[str]:
+    """What is wrong with a probability setting (a number from 0.0 to 1.0), or None.
+
+    value (Any): The value to check.
+    RETURNS (Optional[str]): The problem, e.g. "must be between 0.0 and 1.0, got 2".
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {value!r}"
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        return f"must be between 0.0 and 1.0, got {value!r}"
+    return None
 
 
 def config_defaults(section: str) -> str:

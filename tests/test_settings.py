@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import fields
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -79,3 +81,86 @@ def test_a_model_given_as_a_string_says_what_shape_is_expected():
     assert "{'model': {'name': '/path/to/checkpoint'}}" in message
     assert '[components.luke_ner.model] name = "/path/to/checkpoint"' in message
     assert len(message.splitlines()) == 1 and "thinc" not in message
+
+
+# Values of the right type but out of range, as a config gives them (#23 item 6).
+OUT_OF_RANGE = [
+    ({"max_mention_length": 0}, ["max_mention_length"]),
+    ({"max_mention_length": 1000}, ["max_mention_length"]),
+    ({"max_entity_length": 0}, ["max_entity_length"]),
+    ({"max_length": 3}, ["max_mention_length"]),
+    ({"max_batch_items": 0}, ["max_batch_items"]),
+    ({"threshold": -1}, ["threshold"]),
+    ({"threshold": 2}, ["threshold"]),
+    ({"spans_key": ""}, ["spans_key"]),
+    ({"device": "tpu"}, ["device"]),
+    ({"max_entity_length": 0, "threshold": 2}, ["max_entity_length", "threshold"]),
+]
+
+
+@pytest.mark.parametrize("config,keys", OUT_OF_RANGE)
+def test_out_of_range_settings_are_config_errors_at_add_pipe(config, keys):
+    """As spaCy reports a value of the wrong type: a ConfigValidationError that locates each
+    setting under the component's name (here "ner2")."""
+    from confection import ConfigValidationError
+
+    nlp = spacy.blank("en")
+    with pytest.raises(ConfigValidationError) as info:
+        nlp.add_pipe("luke_ner", name="ner2", config=config)
+    assert [error["loc"] for error in info.value.errors] == [["ner2", key] for key in keys]
+    assert info.value.title == "Config error for 'luke_ner'"
+    assert f"ner2 -> {keys[0]}\t" in str(info.value)
+
+
+def test_nan_threshold_is_refused():
+    # spaCy refuses NaN in a config itself (not JSON); Python callers get this.
+    with pytest.raises(ValueError, match="luke_ner: threshold must be between 0.0 and 1.0"):
+        NerSettings(threshold=float("nan"))
+
+
+@pytest.mark.parametrize(
+    "override,key,message",
+    [
+        ({"components.luke_ner.max_length": 3}, "max_mention_length", "cannot exceed"),
+        ({"components.luke_ner.max_batch_items": 0}, "max_batch_items", "positive integer"),
+        ({"components.luke_ner.threshold": 2.0}, "threshold", "between 0.0 and 1.0"),
+        ({"components.luke_ner.device": "tpu"}, "device", "not a torch device"),
+        ({"components.luke_ner.spans_key": ""}, "spans_key", "non-empty string"),
+    ],
+)
+def test_spacy_debug_config_reports_out_of_range_settings(override, key, message, tmp_path, capsys):
+    """`spacy debug config` on a config file: the formatted config error, no traceback."""
+    from spacy.cli.debug_config import debug_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "luke_ner_custom.cfg"
+    paths = {"paths.train": str(tmp_path / "t.spacy"), "paths.dev": str(tmp_path / "d")}
+    overrides = {**paths, **override}
+    with pytest.raises(SystemExit) as info:
+        debug_config(config, overrides=overrides)
+    assert info.value.code == 1
+    out = capsys.readouterr().out
+    assert "✘ Config error for 'luke_ner'" in out
+    assert re.search(rf"luke_ner -> {key}\t.*{message}", out)
+
+
+@pytest.mark.slow
+def test_spacy_train_reports_out_of_range_settings_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "luke_ner_custom.cfg"
+    cmd = [
+        sys.executable, "-m", "spacy", "train", str(config),
+        "--paths.train", str(tmp_path / "t.spacy"), "--paths.dev", str(tmp_path / "d.spacy"),
+        "--components.luke_ner.max_mention_length", "1000",
+        "--components.luke_ner.threshold", "-1",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert "✘ Config error for 'luke_ner'" in output
+    assert "luke_ner -> max_mention_length\t(1000) cannot exceed max_length (510)" in output
+    assert "luke_ner -> threshold\tmust be between 0.0 and 1.0, got -1" in output
