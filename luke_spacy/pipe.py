@@ -6,9 +6,22 @@ on the forward batches of an update (see runtime.py). This module decodes and an
 """
 
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import numpy
 import srsly
@@ -30,7 +43,18 @@ from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
 from .settings import Attention, Context, DType, NerSettings, SettingsError, config_defaults
-from .training import Coverage, coverage, gold_doc, gold_entities, span_loss, span_targets
+from .training import (
+    Coverage,
+    GoldDoc,
+    check_labels,
+    coverage,
+    describe_entity_free,
+    describe_unknown_labels,
+    gold_doc,
+    gold_entities,
+    span_loss,
+    span_targets,
+)
 
 # The settings' defaults come from NerSettings; the model's are those of
 # `luke_spacy.LukeSpanClassifier.v1` (a test keeps the two equal).
@@ -131,7 +155,9 @@ class LukeEntityRecognizer(TrainablePipe):
         get_runtime(model).configure(settings)
         # What initialization or a saved pipeline taught, beyond the checkpoint.
         self._saved_labels: List[str] = []
-        self._coverage: Optional[Dict[str, int]] = None
+        self._coverage: Optional[Dict[str, Any]] = None
+        # Gold labels the component does not have that were reported (once each).
+        self._unknown_labels: Set[str] = set()
         if settings.set_trf_data:
             install_extensions()
 
@@ -186,8 +212,11 @@ class LukeEntityRecognizer(TrainablePipe):
         Without examples or labels the checkpoint is loaded as it is (inference), so a wrong
         model name fails here rather than on the first Doc. With them, the head is kept when
         the checkpoint already has exactly these labels and freshly initialized otherwise
-        (also for pretrained-only LUKE checkpoints). Gold entities that can never be
-        candidate spans are counted and reported.
+        (also for pretrained-only LUKE checkpoints). Labels that cannot be rows of the head
+        (duplicates, empty names, the no-entity class's name) are refused, and so is
+        training data that is annotated for entities but has none, unless labels are given.
+        Gold entities that can never be candidate spans, and those whose label is not one of
+        the labels (they are trained as no entity), are counted and reported.
 
         get_examples (Optional[Callable[[], Iterable[Example]]]): The training data.
         nlp (Optional[Language]): The current nlp object.
@@ -195,29 +224,40 @@ class LukeEntityRecognizer(TrainablePipe):
             `[initialize.components.luke_ner]`; read from the examples when None.
         """
         examples = list(get_examples()) if get_examples is not None else []
-        if labels is None:
-            # spaCy passes a placeholder example without entities when there is no data:
-            # that is an inference pipeline being initialized, not a training set.
-            labels = sorted({ent.label_ for eg in examples for ent in eg.reference.ents}) or None
-        if labels is not None and not labels:
-            raise ValueError(
-                "luke_ner: the training data has no entities, so there are no labels to "
-                "train; give them in [initialize.components.luke_ner] labels = [...]."
-            )
+        gold = Counter(ent.label_ for eg in examples for ent in eg.reference.ents)
+        # spaCy's placeholder example (when there is no data) has no entity annotation.
+        annotated = any(eg.reference.has_annotation("ENT_IOB") for eg in examples)
+        given = labels is not None
+        if labels is None and gold:
+            labels = sorted(gold)
+        elif labels is None and annotated:
+            raise ValueError(describe_entity_free(len(examples)))
+        if labels is not None:
+            labels = check_labels(labels, gold, given=given)
         runtime = self.runtime
-        runtime.load(labels=None if labels is None else list(labels))
+        runtime.load(labels=labels)
         if nlp is not None:
             # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
             record_requirements(nlp.meta, [type(runtime.tokenizer).__name__])
-        if labels is None or not examples:
+        self._unknown_labels = set()
+        if labels is None or not annotated:
             return
+        if not gold:
+            warnings.warn(
+                f"luke_ner: the training data has no entities, so training on it teaches the "
+                f"model to predict none of {labels}.",
+                stacklevel=2,
+            )
         report = Coverage()
+        known = set(self.labels)
         for eg in examples:
-            gold = gold_doc(eg, runtime.sentences)
-            lengths = [len(ids) for ids in runtime.word_ids(gold.doc)]
-            coverage(gold, lengths, self.settings.max_mention_length, report)
-        self._coverage = {"n_entities": report.n_entities, **report.lost}
-        if report.n_lost:
+            gold_example = gold_doc(eg, runtime.sentences)
+            lengths = [len(ids) for ids in runtime.word_ids(gold_example.doc)]
+            coverage(gold_example, lengths, self.settings.max_mention_length, report, known)
+        self._coverage = report.to_dict()
+        # Labels reported here are not reported again by `update`.
+        self._unknown_labels = set(report.unknown)
+        if report.n_lost or report.unknown:
             warnings.warn(f"luke_ner: {report.describe()}", stacklevel=2)
         else:
             logger.info("luke_ner: %s", report.describe())
@@ -344,6 +384,7 @@ class LukeEntityRecognizer(TrainablePipe):
         set_dropout_rate(self.model, drop)
         runtime = self.runtime
         golds = [gold_doc(eg, runtime.sentences) for eg in examples]
+        self._report_unknown_labels(golds)
         for batch in runtime.update_batches([g.doc for g in golds], [g.sentences for g in golds]):
             scores, backprop = self.model.begin_update(batch)
             loss, d_scores = self.get_loss(examples, scores)
@@ -425,6 +466,20 @@ class LukeEntityRecognizer(TrainablePipe):
         """All labels in id order (0 is no-entity): the checkpoint's once it is loaded."""
         runtime = self.runtime
         return runtime.labels if runtime.is_loaded else list(self._saved_labels)
+
+    def _report_unknown_labels(self, golds: Sequence[GoldDoc]) -> None:
+        """Warn once per gold label that the component does not have (`get_loss` trains
+        such entities as no entity), with its count in this update."""
+        known = set(self.runtime.labels[1:])  # loads the checkpoint on first use
+        unknown = Counter(
+            label
+            for gold in golds
+            for label in gold.entities.values()
+            if label not in known and label not in self._unknown_labels
+        )
+        if unknown:
+            self._unknown_labels.update(unknown)
+            warnings.warn(f"luke_ner: {describe_unknown_labels(unknown)}", stacklevel=3)
 
     def _label_ids(self) -> Dict[str, int]:
         return {label: i for i, label in enumerate(self._label_names())}

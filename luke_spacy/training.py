@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
 from spacy.training import Example
 
+from .checkpoint import NO_ENTITY_LABELS
 from .corpus import same_words
 from .windowing import Span, subword_offsets
 
@@ -34,23 +35,109 @@ class GoldDoc:
 
 @dataclass
 class Coverage:
-    """Gold entities that can and cannot be candidate spans, by reason."""
+    """Gold entities that can and cannot be learned: by reason when they are no candidate
+    span (`lost`), by label when the component does not have their label (`unknown`: they
+    are trained as no entity)."""
 
     n_entities: int = 0
     lost: Counter = field(default_factory=Counter)
+    unknown: Counter = field(default_factory=Counter)
 
     @property
     def n_lost(self) -> int:
         return sum(self.lost.values())
 
     def describe(self) -> str:
-        if not self.lost:
+        if not self.lost and not self.unknown:
             return f"All {self.n_entities} gold entities are candidate spans."
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.lost.items()))
-        return (
-            f"{self.n_lost} of {self.n_entities} gold entities are no candidate span, so the "
-            f"model can neither learn nor predict them ({reasons})."
+        parts = []
+        if self.lost:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.lost.items()))
+            parts.append(
+                f"{self.n_lost} of {self.n_entities} gold entities are no candidate span, so "
+                f"the model can neither learn nor predict them ({reasons})."
+            )
+        if self.unknown:
+            parts.append(describe_unknown_labels(self.unknown, self.n_entities))
+        return " ".join(parts)
+
+    def to_dict(self) -> Dict[str, object]:
+        """The report as the component's `cfg["coverage"]` keeps it."""
+        report: Dict[str, object] = {"n_entities": self.n_entities, **self.lost}
+        if self.unknown:
+            report["unknown_labels"] = dict(sorted(self.unknown.items()))
+        return report
+
+
+def describe_unknown_labels(unknown: Mapping[str, int], n_entities: Optional[int] = None) -> str:
+    """Say which gold labels the component does not have, each with its count."""
+    n = sum(unknown.values())
+    of = f" of {n_entities}" if n_entities is not None else ""
+    counts = ", ".join(f"{label!r} ({count})" for label, count in sorted(unknown.items()))
+    return (
+        f"{n}{of} gold entities have labels that luke_ner does not have, so they are trained "
+        f"as no entity: {counts}. To learn them, add them to [initialize.components.luke_ner] "
+        "labels (or leave labels out to take them from the training data)."
+    )
+
+
+def check_labels(labels: Iterable[str], gold: Mapping[str, int], *, given: bool) -> List[str]:
+    """The entity labels to train, or a ValueError saying what is wrong with them.
+
+    Label 0 of the head is the no-entity class, so no entity label may take its name
+    (NIL, or O for mLUKE), and each label is one row of the head: no duplicates, no empty
+    names.
+
+    labels (Iterable[str]): The labels, from the config (`given`) or the gold entities.
+    gold (Mapping[str, int]): The training data's gold entities by label.
+    given (bool): Whether the labels come from `[initialize.components.luke_ner] labels`.
+    RETURNS (List[str]): The labels, as given.
+    """
+    labels = list(labels)
+    where = (
+        "[initialize.components.luke_ner] labels" if given else "the training data's entities"
+    )
+    n_gold = sum(gold.values())
+    if not labels:
+        found = (
+            f"the training data has {n_gold} gold entities ({', '.join(sorted(gold))})"
+            if n_gold
+            else "the training data has no entities either"
         )
+        raise ValueError(
+            f"luke_ner: {where} is an empty list, so there is no entity label to train "
+            f"({found}). List the labels to train, or leave labels out to take them from the "
+            "training data."
+        )
+    problems = []
+    empty = [label for label in labels if not isinstance(label, str) or not label.strip()]
+    if empty:
+        problems.append(f"empty label names: {', '.join(map(repr, empty))}")
+    repeated = sorted(label for label, n in Counter(labels).items() if n > 1 and label)
+    if repeated:
+        problems.append(f"repeated labels: {', '.join(map(repr, repeated))}")
+    reserved = [label for label in labels if label in NO_ENTITY_LABELS]
+    if reserved:
+        counts = "" if given else f" ({sum(gold.get(label, 0) for label in reserved)} entities)"
+        problems.append(
+            f"{', '.join(map(repr, reserved))}{counts} is the name of the no-entity class "
+            f"(label 0 of the head: {' or '.join(map(repr, NO_ENTITY_LABELS))}), which no "
+            "entity label may take; rename it"
+        )
+    if problems:
+        raise ValueError(f"luke_ner: {where} cannot be trained: {'; '.join(problems)}.")
+    return labels
+
+
+def describe_entity_free(n_examples: int) -> str:
+    """Why training on examples without a single gold entity is refused."""
+    return (
+        f"luke_ner: the training data has no entities: its {n_examples} examples are annotated "
+        "for entities, but every token is outside one ('O'), so training would teach the "
+        "model to predict no entity at all. Check the corpus (e.g. which column `spacy "
+        "convert` read the entities from), or to train on it anyway, list the labels in "
+        "[initialize.components.luke_ner] labels."
+    )
 
 
 def gold_doc(example: Example, fallback_sentences) -> GoldDoc:
@@ -79,9 +166,14 @@ def gold_entities(example: Example) -> Tuple[Dict[Span, str], int]:
 
 
 def coverage(
-    gold: GoldDoc, word_lengths: Sequence[int], max_mention_length: int, into: Coverage
+    gold: GoldDoc,
+    word_lengths: Sequence[int],
+    max_mention_length: int,
+    into: Coverage,
+    labels: Optional[Collection[str]] = None,
 ) -> Coverage:
-    """Count gold entities that are no candidate span: too long, crossing sentences, etc."""
+    """Count gold entities that cannot be learned: no candidate span (too long, crossing
+    sentences, etc.), or, when `labels` are given, a label that is not one of them."""
     offsets = subword_offsets(word_lengths)
     into.n_entities += len(gold.entities) + gold.n_misaligned
     if gold.n_misaligned:
@@ -90,8 +182,10 @@ def coverage(
     for k, (start, end) in enumerate(gold.sentences):
         for i in range(start, end):
             sentence_of[i] = k
-    for start, end in gold.entities:
-        if sentence_of.get(start) != sentence_of.get(end - 1):
+    for (start, end), label in gold.entities.items():
+        if labels is not None and label not in labels:
+            into.unknown[label] += 1
+        elif sentence_of.get(start) != sentence_of.get(end - 1):
             into.lost["crossing a sentence boundary"] += 1
         elif offsets[end] - offsets[start] > max_mention_length:
             into.lost[f"longer than max_mention_length ({max_mention_length} subwords)"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy
@@ -428,3 +429,106 @@ def test_custom_label_config_fills_to_the_main_config():
     rates = [config["training"]["optimizer"].pop("learn_rate") for config in filled]
     assert rates[0]["initial_rate"] == rates[1]["initial_rate"]
     assert custom["training"]["optimizer"] == main["training"]["optimizer"]
+
+
+def o_examples(nlp, n=3):
+    """Examples annotated for entities, every token "O"."""
+    texts = ["The dog likes bread", "A horse eats hay", "My cat sleeps"][:n]
+    return [
+        Example(
+            Doc(nlp.vocab, words=t.split()),
+            Doc(nlp.vocab, words=t.split(), ents=["O"] * len(t.split())),
+        )
+        for t in texts
+    ]
+
+
+def test_entity_free_training_data_is_refused(tiny_luke):
+    """An all-"O" corpus would teach the head to predict nothing (#23 item 3)."""
+    nlp = make_nlp(tiny_luke)
+    with pytest.raises(ValueError, match=r"no entities: its 3 examples are annotated"):
+        nlp.initialize(lambda: o_examples(nlp))
+
+
+def test_entity_free_training_data_with_given_labels_warns(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    nlp.config["initialize"]["components"]["luke_ner"] = {"labels": ["PER"]}
+    with pytest.warns(UserWarning, match=r"no entities, so training on it teaches the model"):
+        nlp.initialize(lambda: o_examples(nlp))
+
+
+def test_an_empty_label_list_names_the_real_cause(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    nlp.config["initialize"]["components"]["luke_ner"] = {"labels": []}
+    with pytest.raises(ValueError) as info:
+        nlp.initialize(lambda: custom_examples(nlp))
+    message = str(info.value)
+    assert "[initialize.components.luke_ner] labels is an empty list" in message
+    assert "the training data has 10 gold entities (ANIMAL, FOOD)" in message
+
+
+def test_inference_initialization_needs_no_entities(tiny_luke):
+    """spaCy's placeholder example (no data) is no entity-free training set."""
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    assert nlp.get_pipe("luke_ner").labels == ("MISC", "PER", "ORG", "LOC")
+
+
+def test_labels_left_out_at_initialize_are_counted_per_label(tiny_luke):
+    """Gold entities whose label is not among the labels are trained as no entity: counted
+    and reported by label (#23 item 4), and not reported again by update (#17 item 12)."""
+    nlp = make_nlp(tiny_luke)
+    nlp.config["initialize"]["components"]["luke_ner"] = {"labels": ["ANIMAL"]}
+    examples = custom_examples(nlp)
+    with pytest.warns(UserWarning, match=r"5 of 10 gold entities have labels .* 'FOOD' \(5\)"):
+        nlp.initialize(lambda: examples)
+    ner = nlp.get_pipe("luke_ner")
+    assert ner.labels == ("ANIMAL",)
+    assert ner.cfg["coverage"]["n_entities"] == 10
+    assert ner.cfg["coverage"]["unknown_labels"] == {"FOOD": 5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nlp.update(examples)
+
+
+def test_update_warns_once_per_unknown_gold_label(tiny_luke):
+    """A pipeline initialized for inference (the checkpoint's labels) and updated on other
+    labels: each unknown label is reported once, with its count (#17 item 12)."""
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    examples = custom_examples(nlp)
+    with pytest.warns(UserWarning) as record:
+        nlp.update(examples)
+    messages = [str(w.message) for w in record if "does not have" in str(w.message)]
+    assert len(messages) == 1
+    assert "10 gold entities have labels that luke_ner does not have" in messages[0]
+    assert "'ANIMAL' (5), 'FOOD' (5)" in messages[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nlp.update(examples)  # said once per label
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (["PER", "PER", "LOC", ""], r"empty label names: ''; repeated labels: 'PER'"),
+        (["PER", "NIL"], r"'NIL' is the name of the no-entity class"),
+        (["O", "LOC"], r"'O' is the name of the no-entity class"),
+        (["LOC", "  "], r"empty label names: '  '"),
+    ],
+)
+def test_bad_label_lists_are_refused(tiny_luke, labels, message):
+    """Each label is a row of the head, and label 0 is no-entity (#23 item 5)."""
+    nlp = make_nlp(tiny_luke)
+    nlp.config["initialize"]["components"]["luke_ner"] = {"labels": labels}
+    with pytest.raises(ValueError, match=r"luke_ner\] labels cannot be trained: " + message):
+        nlp.initialize(lambda: custom_examples(nlp))
+
+
+def test_a_gold_label_named_like_the_no_entity_class_is_refused(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    examples = custom_examples(nlp)
+    ref = examples[0].reference
+    ref.ents = [Span(ref, 3, 4, label="NIL"), *ref.ents[1:]]
+    with pytest.raises(ValueError, match=r"entities cannot be trained: 'NIL' \(1 entities\)"):
+        nlp.initialize(lambda: examples)
