@@ -53,6 +53,10 @@ def trf_data(
     """
     ids: List[int] = [i for word in word_ids for i in word]
     n = len(ids)
+    if n == 0:
+        # Tokens without a single subword (a whitespace-only Doc): what spacy-transformers
+        # gives such a Doc, one zero "wordpiece" per token, so pooling yields a row per token.
+        return TransformerData.zeros(len(word_ids), hidden_size)
     if states is None:
         states = numpy.zeros((n, hidden_size), "f")
     wordpieces = WordpieceBatch(

@@ -546,3 +546,23 @@ def test_saving_an_uninitialized_pipe_raises_instead_of_downloading(tmp_path):
         nlp.to_disk(tmp_path / "pipeline")
     with pytest.raises(NotLoadedError, match="initialize"):
         nlp.to_bytes()
+
+
+def test_trf_data_of_a_doc_without_subwords_pools_to_a_row_per_token(tiny_luke):
+    """A whitespace-only Doc gets what spacy-transformers gives a Doc without outputs: one
+    zero row per token, so pooling (any reduction) and a listener give (n_tokens, width)
+    (#23 item 2)."""
+    from spacy_transformers.layers.trfs2arrays import trfs2arrays
+    from thinc.api import reduce_max, reduce_mean
+
+    nlp = make_nlp(tiny_luke, set_trf_data=True)
+    width = json.loads((tiny_luke / "config.json").read_text())["hidden_size"]
+    docs = [nlp("   "), nlp(Doc(nlp.vocab, words=[" ", "\n"], spaces=[False, False]))]
+    for doc in docs:
+        trf = doc._.trf_data
+        assert trf.model_output.last_hidden_state.shape == (1, len(doc), width)
+        assert trf.align.lengths.tolist() == [1] * len(doc)
+    for pooling in (reduce_mean(), reduce_max()):
+        rows = trfs2arrays(pooling, 1.0).predict([doc._.trf_data for doc in docs])
+        assert [r.shape for r in rows] == [(len(doc), width) for doc in docs]
+        assert not any(r.any() for r in rows)
