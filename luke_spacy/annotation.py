@@ -42,6 +42,7 @@ def trf_data(
     states: Optional[numpy.ndarray],
     tokenizer: Any,
     hidden_size: int,
+    xp: Any = numpy,
 ) -> TransformerData:
     """LUKE's final subword states of a Doc as spacy-transformers' TransformerData.
 
@@ -50,13 +51,15 @@ def trf_data(
         had no passes (no subwords).
     tokenizer: The checkpoint's tokenizer (for the subword strings).
     hidden_size (int): Width of the states.
+    xp (module): The array module of the states written (numpy, or cupy on a GPU), as
+        spacy-transformers writes them for the current ops.
     """
     ids: List[int] = [i for word in word_ids for i in word]
     n = len(ids)
     if n == 0:
         # Tokens without a single subword (a whitespace-only Doc): what spacy-transformers
         # gives such a Doc, one zero "wordpiece" per token, so pooling yields a row per token.
-        return TransformerData.zeros(len(word_ids), hidden_size)
+        return TransformerData.zeros(len(word_ids), hidden_size, xp=xp)
     if states is None:
         states = numpy.zeros((n, hidden_size), "f")
     wordpieces = WordpieceBatch(
@@ -69,7 +72,7 @@ def trf_data(
     lengths = numpy.asarray([len(w) for w in word_ids], "i")
     return TransformerData(
         wordpieces=wordpieces,
-        model_output=BaseModelOutput(last_hidden_state=states[None]),
+        model_output=BaseModelOutput(last_hidden_state=xp.asarray(states)[None]),
         align=Ragged(numpy.arange(n, dtype="i"), lengths),
     )
 

@@ -10,7 +10,7 @@ whatever the backend. The torch backend is `model.TorchBackend`.
 A second backend (e.g. ONNX Runtime) is a class with this interface; its architecture builds
 the Thinc model with `runtime.build_span_model(OtherBackend, attrs=...)`, as
 `luke_spacy.LukeSpanClassifier.v1` does with `TorchBackend`. An inference-only backend raises
-in `begin_update`.
+in `begin_update` and `begin_update_words`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .settings import NerSettings
 
 # Collated model inputs: name -> int64 array (see `encoding.collate`).
 Inputs = Dict[str, numpy.ndarray]
-# Takes d_logits (same shape as the logits) and accumulates the parameter gradients.
+# Takes the gradient of an output (d_logits, or d_words) and accumulates the parameter gradients.
 Backprop = Callable[[numpy.ndarray], None]
 
 
@@ -77,4 +77,14 @@ class Backend(Protocol):
         """Score one collated batch for training, with dropout `drop` (None: as loaded).
 
         RETURNS: (rows, spans, labels) float32 logits and the callback that takes d_logits.
+        """
+
+    def begin_update_words(
+        self, inputs: Inputs, drop: Optional[float]
+    ) -> Tuple[numpy.ndarray, Backprop]:
+        """Compute the final word states of one collated batch for training (the gradient of
+        listening components flows back through them; see `LukeRuntime.backprop_word_states`).
+
+        RETURNS: (rows, words, hidden) float32 word states and the callback that takes their
+            gradient (same shape) and accumulates the parameter gradients.
         """

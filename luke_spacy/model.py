@@ -333,15 +333,27 @@ class TorchBackend:
     def begin_update(
         self, inputs: Inputs, drop: Optional[float]
     ) -> Tuple[numpy.ndarray, Backprop]:
+        return self._begin_update(inputs, drop, words=False)
+
+    def begin_update_words(
+        self, inputs: Inputs, drop: Optional[float]
+    ) -> Tuple[numpy.ndarray, Backprop]:
+        return self._begin_update(inputs, drop, words=True)
+
+    def _begin_update(
+        self, inputs: Inputs, drop: Optional[float], *, words: bool
+    ) -> Tuple[numpy.ndarray, Backprop]:
+        """The training forward; returns the logits, or with `words` the word states."""
         device = self._place()
         self._set_dropout(drop)
-        (logits, _), torch_backprop = self._shim.begin_update(_arguments(inputs, device, False))
+        outputs, torch_backprop = self._shim.begin_update(_arguments(inputs, device, words))
+        output = outputs[1] if words else outputs[0]
 
-        def backprop(d_logits: numpy.ndarray) -> None:
-            grad = torch.from_numpy(d_logits).to(device=logits.device, dtype=logits.dtype)
-            torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (grad,)}))
+        def backprop(d_output: numpy.ndarray) -> None:
+            grad = torch.from_numpy(d_output).to(device=output.device, dtype=output.dtype)
+            torch_backprop(ArgsKwargs(args=(output,), kwargs={"grad_tensors": (grad,)}))
 
-        return logits.detach().float().cpu().numpy(), backprop
+        return output.detach().float().cpu().numpy(), backprop
 
     @property
     def _shim(self) -> LukeShim:

@@ -32,6 +32,7 @@ from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import logger
 from spacy.vocab import Vocab
+from spacy_transformers.layers import TransformerListener
 from spacy_transformers.pipeline_component import install_extensions
 from thinc.api import Config, Model, set_dropout_rate
 
@@ -39,6 +40,14 @@ from .annotation import scored_span_group, trf_data, word_spans
 from .checkpoint import check_saved_labels
 from .decoding import decode_sentence
 from .isolation import run_isolated
+from .listening import (
+    defer_width,
+    is_listener,
+    restore_init,
+    send_to_listeners,
+    set_width,
+    wildcard_listeners,
+)
 from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
@@ -76,7 +85,7 @@ DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
 
 @Language.factory(
     "luke_ner",
-    # doc.spans with spans_key set (the default), doc._.trf_data with set_trf_data.
+    # doc.spans with spans_key set (the default), doc._.trf_data with set_trf_data or listeners.
     assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans", "doc._.trf_data"],
     default_config=DEFAULT_CONFIG["luke_ner"],
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -158,6 +167,7 @@ class LukeEntityRecognizer(TrainablePipe):
         self._coverage: Optional[Dict[str, Any]] = None
         # Gold labels the component does not have that were reported (once each).
         self._unknown_labels: Set[str] = set()
+        self.listener_map = {}
         if settings.set_trf_data:
             install_extensions()
 
@@ -239,6 +249,7 @@ class LukeEntityRecognizer(TrainablePipe):
         if nlp is not None:
             # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
             record_requirements(nlp.meta, [type(runtime.tokenizer).__name__])
+        self._initialize_listeners(nlp)
         self._unknown_labels = set()
         if labels is None or not annotated:
             return
@@ -281,9 +292,10 @@ class LukeEntityRecognizer(TrainablePipe):
             for doc in docs
         ]
         found: List[List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
+        keep_states = self.runtime.keeps_word_states
         states: Dict[int, numpy.ndarray] = {}
         for item in self.model.predict(docs):
-            if not isinstance(item, ScoredSentence):  # DocStates, with set_trf_data
+            if not isinstance(item, ScoredSentence):  # DocStates: set_trf_data or listeners
                 states[item.doc] = item.states
                 continue
             found[item.doc].append(
@@ -293,7 +305,7 @@ class LukeEntityRecognizer(TrainablePipe):
             )
         return [
             DocEntities.from_parts(
-                parts, self._trf_data(doc, states.get(d)) if settings.set_trf_data else None
+                parts, self._trf_data(doc, states.get(d)) if keep_states else None
             )
             for d, (doc, parts) in enumerate(zip(docs, found))
         ]
@@ -367,7 +379,12 @@ class LukeEntityRecognizer(TrainablePipe):
 
         Every candidate span of each sentence (same windows, span limit and chunks as at
         inference) is classified into its gold label or the no-entity class; the loss is the
-        cross-entropy averaged over all candidate spans of the examples.
+        cross-entropy averaged over all candidate spans of the examples. Gold labels the
+        component does not have are trained as no entity, with a warning once per label.
+
+        Listening components get each Doc's word states (as inference computes them); their
+        gradients come back through `LukeRuntime.backprop_word_states`, and with `sgd` the
+        optimizer steps once they are in (as spacy-transformers' `Transformer` does).
 
         examples (Iterable[Example]): A batch of Example objects.
         drop (float): The dropout rate of the transformer.
@@ -382,6 +399,10 @@ class LukeEntityRecognizer(TrainablePipe):
         if not examples:
             return losses
         set_dropout_rate(self.model, drop)
+        listening = bool(self.listeners)
+        if listening:
+            # The optimizer then steps once the listeners' gradients are in, not here.
+            self._send_to_listeners(examples, sgd)
         runtime = self.runtime
         golds = [gold_doc(eg, runtime.sentences) for eg in examples]
         self._report_unknown_labels(golds)
@@ -390,7 +411,7 @@ class LukeEntityRecognizer(TrainablePipe):
             loss, d_scores = self.get_loss(examples, scores)
             backprop(d_scores)
             losses[self.name] += loss
-        if sgd not in (None, False):
+        if sgd not in (None, False) and not listening:
             self.finish_update(sgd)
         return losses
 
@@ -493,4 +514,122 @@ class LukeEntityRecognizer(TrainablePipe):
 
     def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> Any:
         runtime = self.runtime
-        return trf_data(runtime.word_ids(doc), states, runtime.tokenizer, runtime.hidden_size)
+        return trf_data(
+            runtime.word_ids(doc),
+            states,
+            runtime.tokenizer,
+            runtime.hidden_size,
+            xp=self.model.ops.xp,
+        )
+
+    # -- listeners: components whose tok2vec is spacy-transformers' TransformerListener ------
+
+    @property
+    def listener_map(self) -> Dict[str, List[TransformerListener]]:
+        """The listeners of each listening component (`upstream` naming this component)."""
+        return self._listener_map
+
+    @listener_map.setter
+    def listener_map(self, listener_map: Dict[str, List[TransformerListener]]) -> None:
+        # spaCy resets it before linking the pipeline's components again.
+        self._listener_map = listener_map
+        self.runtime.listened = bool(listener_map)
+
+    @property
+    def listeners(self) -> List[TransformerListener]:
+        """The listener layers listening to this component. Usually internals."""
+        return [m for c in self.listening_components for m in self.listener_map[c]]
+
+    @property
+    def listening_components(self) -> List[str]:
+        """The downstream components listening to this component. Usually internals."""
+        return list(self.listener_map.keys())
+
+    def add_listener(self, listener: TransformerListener, component_name: str) -> None:
+        """Add a listener for a downstream component: it gets LUKE's word states (so from
+        now on inference keeps them in `doc._.trf_data`), and their width. Usually internals.
+        """
+        self.listener_map.setdefault(component_name, [])
+        if listener not in self.listener_map[component_name]:
+            self.listener_map[component_name].append(listener)
+        self.runtime.listened = True
+        install_extensions()
+        if self.runtime.is_loaded:
+            set_width(listener, self.runtime.hidden_size)
+        else:
+            # Linking reads nothing: the width comes when the listener is initialized.
+            defer_width(listener, self.runtime)
+
+    def remove_listener(self, listener: TransformerListener, component_name: str) -> bool:
+        """Remove a listener for a downstream component. Usually internals."""
+        listeners = self.listener_map.get(component_name, [])
+        if listener not in listeners:
+            return False
+        listeners.remove(listener)
+        if not listeners:
+            del self.listener_map[component_name]
+        restore_init(listener)
+        self.runtime.listened = bool(self.listener_map)
+        return True
+
+    def find_listeners(self, component: Any) -> None:
+        """Add the listeners in a component's model whose `upstream` is this component's
+        name (`"*"` is spacy-transformers' wildcard for its `transformer`, not answered here).
+        """
+        if isinstance(getattr(component, "model", None), Model):
+            for node in component.model.walk():
+                if is_listener(node, self.name):
+                    self.add_listener(node, component.name)
+
+    def _initialize_listeners(self, nlp: Optional[Language]) -> None:
+        """Find the listeners of the components after this one and give them their width;
+        refuse listeners that nothing would answer (`upstream = "*"` without a spacy-transformers
+        `transformer`)."""
+        if nlp is not None and self.name in nlp.pipe_names:
+            names = nlp.pipe_names
+            later = [nlp.get_pipe(n) for n in names[names.index(self.name) + 1 :]]
+            for component in later:
+                self.find_listeners(component)
+            answered = {
+                id(node) for _, pipe in nlp.components for node in getattr(pipe, "listeners", ())
+            }
+            unanswered = [
+                name
+                for name in wildcard_listeners(later)
+                if not all(
+                    id(node) in answered
+                    for node in nlp.get_pipe(name).model.walk()
+                    if is_listener(node, "*")
+                )
+            ]
+            if unanswered:
+                raise ValueError(
+                    f"luke_ner: {', '.join(map(repr, unanswered))} listen with upstream = "
+                    f'"*", which answers a spacy-transformers transformer component, and '
+                    f"the pipeline has none. To listen to luke_ner, set upstream = "
+                    f'"{self.name}" in the listener\'s section (e.g. '
+                    f"[components.{unanswered[0]}.model.tok2vec])."
+                )
+        for listener in self.listeners:
+            set_width(listener, self.runtime.hidden_size)
+
+    def _send_to_listeners(self, examples: Sequence[Example], sgd: Any) -> None:
+        """Give the listeners each Doc's word states (as inference computes them) and take
+        their gradients back into LUKE (see `LukeRuntime.backprop_word_states`); with `sgd`,
+        step the optimizer then, as spacy-transformers' Transformer does."""
+        docs = [eg.predicted for eg in examples]
+        runtime = self.runtime
+        states = runtime.word_states(docs)
+        outputs = [self._trf_data(doc, doc_states) for doc, doc_states in zip(docs, states)]
+        ops = self.model.ops
+
+        def backprop_states(d_states: List[Optional[numpy.ndarray]]) -> None:
+            grads = [None if d is None else ops.to_numpy(d) for d in d_states]
+            # A listener with grad_factor = 0 sends zeros: nothing to run again.
+            if any(d is not None and d.any() for d in grads):
+                runtime.backprop_word_states(docs, grads)
+            if sgd not in (None, False):
+                self.finish_update(sgd)
+
+        has_states = [doc_states is not None for doc_states in states]
+        send_to_listeners(self.listeners, docs, outputs, has_states, backprop_states)

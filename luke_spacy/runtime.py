@@ -9,7 +9,7 @@ differs between backends. No torch here.
 
 The Thinc model (`build_span_model`) keeps its runtime in `model.attrs["runtime"]`. Its
 forward takes Docs for inference (`model.predict(docs)`: a stream of `ScoredSentence`, and
-`DocStates` with `set_trf_data`) and one `SpanBatch` of an update for training
+`DocStates` with `set_trf_data` or listeners) and one `SpanBatch` of an update for training
 (`model.begin_update(batch)`), so an update holds one forward batch's activations at a time.
 """
 
@@ -26,8 +26,15 @@ from thinc.api import Model
 
 from .backend import Backend, Inputs
 from .encoding import Pass, SpecialIds, batch_by_budget, collate
+from .listening import refuse_replacing_listeners
 from .planning import Sentences, plan_docs, sentence_ranges
-from .scheduling import DocStates, ScoredSentence, score_passes
+from .scheduling import (
+    DocStates,
+    ScoredSentence,
+    is_first_chunk,
+    score_passes,
+    word_state_rows,
+)
 from .settings import NerSettings
 from .tokenization import WordTokenizer, special_ids
 
@@ -85,8 +92,16 @@ class LukeRuntime:
         self._checked: Any = None
         self._settings = NerSettings()
         self.configure(settings or self._settings)
+        # Whether components listen to the word states (the pipe keeps it up to date):
+        # inference then keeps them, as with set_trf_data.
+        self.listened = False
 
     # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def keeps_word_states(self) -> bool:
+        """Whether inference keeps each Doc's word states: `set_trf_data`, or listeners."""
+        return self._settings.set_trf_data or self.listened
 
     @property
     def settings(self) -> NerSettings:
@@ -177,7 +192,7 @@ class LukeRuntime:
             `self.sentences(doc)`.
         RETURNS (List[Pass]): The passes, Doc by Doc.
         """
-        return list(self._passes(docs, sentences, cover_all=self._settings.set_trf_data))
+        return list(self._passes(docs, sentences, cover_all=self.keeps_word_states))
 
     def collate(self, passes: Sequence[Pass]) -> Inputs:
         """One forward batch of passes as the model's input arrays (`encoding.collate`)."""
@@ -188,18 +203,26 @@ class LukeRuntime:
 
     def scores(self, docs: Sequence[Doc]) -> Iterator[Union[ScoredSentence, DocStates]]:
         """Each sentence's candidate spans with their logits, Doc by Doc, as soon as the
-        sentence's passes have run (and each Doc's word states with `set_trf_data`).
+        sentence's passes have run (and each Doc's word states when `keeps_word_states`).
 
         docs (Sequence[Doc]): The Docs; the items carry their index.
         YIELDS (Union[ScoredSentence, DocStates]): See `scheduling.score_passes`.
         """
-        settings = self._settings
-        return score_passes(
-            self._passes(docs, cover_all=settings.set_trf_data),
-            self._predict,
-            max_batch_items=settings.max_batch_items,
-            want_words=settings.set_trf_data,
-        )
+        return self._scores(docs, self.keeps_word_states)
+
+    def word_states(self, docs: Sequence[Doc]) -> List[Optional[numpy.ndarray]]:
+        """Each Doc's final subword states, as inference computes them (what listening
+        components get in training; `backprop_word_states` takes their gradient).
+
+        docs (Sequence[Doc]): The Docs.
+        RETURNS (List[Optional[numpy.ndarray]]): (n_subwords, hidden) float32 per Doc; None
+            for a Doc without subwords.
+        """
+        states: List[Optional[numpy.ndarray]] = [None] * len(docs)
+        for item in self._scores(docs, True):
+            if isinstance(item, DocStates):
+                states[item.doc] = item.states
+        return states
 
     def score_batch(self, batch: SpanBatch) -> BatchScores:
         """The logits of a training batch, for inference (no gradients, no dropout)."""
@@ -214,7 +237,7 @@ class LukeRuntime:
         """The forward batches of a training update: every candidate span of the Docs'
         sentences, with the windows, span limit and chunks of inference.
 
-        Passes without candidates (which inference may run for `set_trf_data`) are not
+        Passes without candidates (which inference may run for the word states) are not
         planned: they train nothing.
 
         docs (Sequence[Doc]): The predicted Docs of the examples.
@@ -249,7 +272,47 @@ class LukeRuntime:
 
         return BatchScores(batch, logits), backprop
 
+    def backprop_word_states(
+        self, docs: Sequence[Doc], d_states: Sequence[Optional[numpy.ndarray]]
+    ) -> None:
+        """Accumulate the parameter gradients of the word states of `word_states(docs)`.
+
+        The passes that computed the states are run again with gradients, one forward batch
+        at a time (so no activations wait for the listeners' gradients), without dropout,
+        as the states were computed.
+
+        docs (Sequence[Doc]): The Docs given to `word_states`.
+        d_states (Sequence[Optional[numpy.ndarray]]): The gradient of each Doc's states
+            (same shape), None for a Doc to leave out.
+        """
+        passes: List[Pass] = []
+        previous: Optional[Pass] = None
+        for p in self._passes(docs, cover_all=True):
+            if is_first_chunk(previous, p) and d_states[p.doc] is not None:
+                passes.append(p)
+            previous = p
+        for indices in batch_by_budget(passes, self._settings.max_batch_items):
+            batch = [passes[i] for i in indices]
+            if self.on_batch is not None:
+                self.on_batch(batch)
+            words, backprop = self.backend.begin_update_words(self.collate(batch), 0.0)
+            d_words = numpy.zeros_like(words)
+            for row, p in enumerate(batch):
+                subwords, rows = word_state_rows(p)
+                d_words[row, rows] = d_states[p.doc][subwords]
+            backprop(d_words)
+
     # -- internals -----------------------------------------------------------------------------
+
+    def _scores(
+        self, docs: Sequence[Doc], want_words: bool
+    ) -> Iterator[Union[ScoredSentence, DocStates]]:
+        return score_passes(
+            self._passes(docs, cover_all=want_words),
+            self._predict,
+            max_batch_items=self._settings.max_batch_items,
+            want_words=want_words,
+        )
 
     def _passes(
         self,
@@ -322,8 +385,9 @@ def build_span_model(
         "luke_span_classifier",
         forward,
         shims=list(shims),
-        # thinc's set_dropout_rate writes the rate of each update here.
-        attrs={**attrs, "dropout_rate": None},
+        # thinc's set_dropout_rate writes the rate of each update here; spaCy's
+        # replace_listeners asks replace_listener_cfg before copying the model (refused).
+        attrs={**attrs, "dropout_rate": None, "replace_listener_cfg": refuse_replacing_listeners},
     )
     model.attrs["runtime"] = LukeRuntime(make_backend(model))
     return model

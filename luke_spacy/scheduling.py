@@ -127,10 +127,9 @@ def score_passes(
     states: Dict[int, numpy.ndarray] = {}
     previous: Optional[Pass] = None
     for group in groups_of(passes, GROUP_BATCHES * max_batch_items):
-        # Chunks of one window share its words; the first chunk's states are kept.
         first = []
         for p in group:
-            first.append(previous is None or (previous.doc, previous.core) != (p.doc, p.core))
+            first.append(is_first_chunk(previous, p))
             previous = p
         outputs: List[numpy.ndarray] = [numpy.zeros(0)] * len(group)
         for indices in batch_by_budget(group, max_batch_items):
@@ -142,8 +141,8 @@ def score_passes(
                 if batch_words is not None and first[i]:
                     if p.doc not in states:
                         states[p.doc] = numpy.zeros((len(p.subwords), batch_words.shape[-1]), "f")
-                    begin, (a, b) = p.window[0], p.core
-                    states[p.doc][a:b] = batch_words[row, 1 + a - begin : 1 + b - begin]
+                    subwords, rows = word_state_rows(p)
+                    states[p.doc][subwords] = batch_words[row, rows]
         for p, out in zip(group, outputs):
             if key is not None and (p.doc, p.sentence) != key:
                 if spans:
@@ -160,6 +159,25 @@ def score_passes(
             yield _sentence(key[0], spans, logits)
         if key[0] in states:
             yield DocStates(key[0], states.pop(key[0]))
+
+
+def is_first_chunk(previous: Optional[Pass], p: Pass) -> bool:
+    """Whether a pass is the first chunk of its window (the previous pass being `previous`).
+
+    The chunks of a window share its words, whose states differ by the chunk's candidate
+    spans (words attend to entities): a Doc's word states are those of each first chunk.
+    """
+    return previous is None or (previous.doc, previous.core) != (p.doc, p.core)
+
+
+def word_state_rows(p: Pass) -> Tuple[slice, slice]:
+    """Where the word states of a pass (a first chunk) belong.
+
+    RETURNS (Tuple[slice, slice]): The subwords of the Doc that the pass's core covers, and
+        the same subwords' rows in the pass's word output (after the leading special token).
+    """
+    begin, (a, b) = p.window[0], p.core
+    return slice(a, b), slice(1 + a - begin, 1 + b - begin)
 
 
 def _sentence(doc: int, spans: List[Tuple[int, int]], logits: List[numpy.ndarray]):

@@ -69,7 +69,8 @@ class NerSettings:
     threshold (float): Least probability of a span's best label for it to compete as an
         entity; 0.0 is the recipe (every span whose best label is not no-entity).
     spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
-    set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
+    set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data` (always done
+        while components listen to the component).
     """
 
     max_mention_length: int = 16
