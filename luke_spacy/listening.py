@@ -32,17 +32,16 @@ def is_listener(node: Model, upstream: str) -> bool:
     return isinstance(node, TransformerListener) and node.upstream_name == upstream
 
 
-def wildcard_listeners(components: Sequence[Any]) -> List[str]:
-    """Names of the components with a listener that names no upstream (`upstream = "*"`)."""
-    names = []
-    for component in components:
-        model = getattr(component, "model", None)
-        if isinstance(model, Model) and any(
-            isinstance(node, TransformerListener) and node.upstream_name == "*"
-            for node in model.walk()
-        ):
-            names.append(component.name)
-    return names
+def unanswered_wildcards(components: Sequence[Any], answered: Sequence[Model]) -> List[str]:
+    """Names of the components with a listener of `upstream = "*"` (spacy-transformers'
+    wildcard) that is not among the `answered` listeners (of any component)."""
+    ids = {id(node) for node in answered}
+    return [
+        component.name
+        for component in components
+        if isinstance(getattr(component, "model", None), Model)
+        and any(is_listener(node, "*") and id(node) not in ids for node in component.model.walk())
+    ]
 
 
 def set_width(listener: Model, width: int) -> None:

@@ -46,7 +46,7 @@ from .listening import (
     restore_init,
     send_to_listeners,
     set_width,
-    wildcard_listeners,
+    unanswered_wildcards,
 )
 from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
@@ -590,18 +590,10 @@ class LukeEntityRecognizer(TrainablePipe):
             later = [nlp.get_pipe(n) for n in names[names.index(self.name) + 1 :]]
             for component in later:
                 self.find_listeners(component)
-            answered = {
-                id(node) for _, pipe in nlp.components for node in getattr(pipe, "listeners", ())
-            }
-            unanswered = [
-                name
-                for name in wildcard_listeners(later)
-                if not all(
-                    id(node) in answered
-                    for node in nlp.get_pipe(name).model.walk()
-                    if is_listener(node, "*")
-                )
+            answered = [
+                node for _, pipe in nlp.components for node in getattr(pipe, "listeners", [])
             ]
+            unanswered = unanswered_wildcards(later, answered)
             if unanswered:
                 raise ValueError(
                     f"luke_ner: {', '.join(map(repr, unanswered))} listen with upstream = "

@@ -16,6 +16,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from thinc.api import Adam
 
+from luke_spacy.listening import WidthOnInit
 from luke_spacy.model import get_scorer
 
 TAGGED = [
@@ -84,10 +85,22 @@ def test_the_component_is_listened_to_as_spacy_transformers_is(tiny_luke):
     assert ner.listening_components == ["tagger"]
     [listener] = ner.listeners
     assert listener is tagger.model.get_ref("tok2vec").layers[0]
+    # Linking read nothing: the width waits for the listener's initialization.
+    assert not ner.runtime.is_loaded and isinstance(listener.init, WidthOnInit)
     assert ner.remove_listener(listener, "tagger") and ner.listeners == []
+    assert not isinstance(listener.init, WidthOnInit)
     assert not ner.remove_listener(listener, "tagger")
     nlp._link_components()
     assert ner.listeners == [listener]
+
+
+def test_a_listener_of_another_width_is_refused(tiny_luke):
+    nlp = make_nlp(tiny_luke)
+    tagger = nlp.add_pipe("tagger", config=listening("tagger"))
+    listener = tagger.model.get_ref("tok2vec").layers[0]
+    listener.set_dim("nO", 7)
+    with pytest.raises(ValueError, match="a listener of width 7 cannot listen to this checkpoint"):
+        nlp.initialize(lambda: tagged_examples(nlp))
 
 
 def test_a_tagger_trains_on_luke_ner_and_runs_after_loading(tiny_luke, tmp_path):
