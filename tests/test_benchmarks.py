@@ -121,6 +121,8 @@ def test_distributed(tiny_luke, conll_test, tmp_path):
         BENCHMARKS / "distributed.py",
         *("--model", str(tiny_luke), "--conll", str(conll_test), "--docs", "2"),
         *("--batch-size", "2", "--skip-scheduling", "--out", str(out)),
+        # The node-loss run is test_distributed.py::test_node_loss; small resumes here.
+        *("--skip-node-loss", "--resume-sizes", "0,1000"),
         out=out,
     )
     assert report["local"]["docs_per_s"] > 0
