@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Literal, Optional, get_args
+from typing import Any, Dict, Literal, Mapping, Optional, Union, get_args
 
 from .encoding import RecipeSettings
 
@@ -12,6 +13,8 @@ from .encoding import RecipeSettings
 Context = Literal["document", "sentence"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attention = Literal["eager", "sdpa"]
+# A number for every label, or a {label: number} table (labels not listed: 0.0, the recipe).
+Threshold = Union[float, Dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,23 @@ class NerSettings:
     attention (str): "eager" (transformers' own) or "sdpa" (entity-aware attention fused into
         one scaled_dot_product_attention call per layer).
     overwrite_ents (bool): Replace entities already on the Doc instead of keeping them.
-    threshold (float): Least probability of a span's best label for it to compete as an
-        entity; 0.0 is the recipe (every span whose best label is not no-entity).
+    threshold (Union[float, Dict[str, float]]): Least probability of a span's best label for
+        it to compete as an entity; 0.0 is the recipe (every span whose best label is not
+        no-entity). A {label: number} table sets it per label; labels not listed keep 0.0.
+        It applies to `doc.ents` and to the nested group alike.
     spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
     set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
+    temperature (float): Divides the logits before the softmax that gives the entities'
+        scores and the probabilities the threshold reads (1.0: the model's own; see
+        `luke-spacy tune-thresholds --temperature`). The decoding order is the logits'.
+    nil_veto (bool): A span whose likeliest label is no-entity never competes (the recipe).
+        With false (opt-in), a span competes with its likeliest entity label whenever that
+        label's probability reaches its threshold, even where no-entity is likelier: more
+        recall for less precision. Every label then needs a threshold above 0.0.
+    nested_spans_key (Optional[str]): Key of `doc.spans` for the nested decoding (entities
+        inside entities, scored), None for none. `doc.ents` is unchanged.
+    gold_spans_key (Optional[str]): Key of the reference Docs' `doc.spans` holding nested
+        gold for training (each span its own label), None to train from `doc.ents`.
     """
 
     max_mention_length: int = 16
@@ -48,9 +64,13 @@ class NerSettings:
     dtype: DType = "float32"
     attention: Attention = "sdpa"
     overwrite_ents: bool = False
-    threshold: float = 0.0
+    threshold: Threshold = 0.0
     spans_key: Optional[str] = "luke_ner"
     set_trf_data: bool = False
+    temperature: float = 1.0
+    nil_veto: bool = True
+    nested_spans_key: Optional[str] = None
+    gold_spans_key: Optional[str] = None
 
     def __post_init__(self) -> None:
         for key in ("max_mention_length", "max_entity_length", "max_length", "max_batch_items"):
@@ -62,11 +82,9 @@ class NerSettings:
                 f"luke_ner: max_mention_length ({self.max_mention_length}) cannot exceed "
                 f"max_length ({self.max_length})."
             )
-        threshold = self.threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise ValueError(f"luke_ner: threshold must be a number, got {threshold!r}.")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
+        # A table is copied, so the settings stay what was validated.
+        object.__setattr__(self, "threshold", checked_threshold(self.threshold))
+        self._check_decoding()
         # spaCy checks these through the factory's Literal types; Python callers get the same.
         for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
             allowed = get_args(choices)
@@ -74,6 +92,34 @@ class NerSettings:
                 raise ValueError(
                     f"luke_ner: {key} must be one of {allowed}, got {getattr(self, key)!r}."
                 )
+
+    def _check_decoding(self) -> None:
+        temperature = self.temperature
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature <= 0
+        ):
+            raise ValueError(
+                f"luke_ner: temperature must be a positive number, got {temperature!r}."
+            )
+        if not self.nil_veto and not isinstance(self.threshold, dict) and self.threshold <= 0.0:
+            raise ValueError(
+                "luke_ner: nil_veto = false needs a threshold above 0.0 (else every span "
+                "would be an entity)."
+            )
+        for key in ("nested_spans_key", "gold_spans_key"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(
+                    f"luke_ner: {key} must be a non-empty string or null, got {value!r}."
+                )
+        if self.nested_spans_key is not None and self.nested_spans_key == self.spans_key:
+            raise ValueError(
+                f"luke_ner: nested_spans_key and spans_key are both {self.spans_key!r}; the "
+                "nested and the flat entities need doc.spans keys of their own."
+            )
 
     @property
     def recipe(self) -> RecipeSettings:
@@ -88,6 +134,33 @@ class NerSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as the JSON-serializable dict saved in the component's `cfg`."""
         return asdict(self)
+
+
+def checked_threshold(threshold: Any) -> Threshold:
+    """A valid `threshold`: a number in [0, 1], or a {label: number in [0, 1]} table (copied
+    with float values, sorted by label).
+
+    threshold (Any): The value given.
+    RETURNS (Threshold): The value to keep.
+    """
+    if isinstance(threshold, Mapping):
+        table: Dict[str, float] = {}
+        for label in sorted(threshold, key=str):
+            if not isinstance(label, str) or not label:
+                raise ValueError(f"luke_ner: threshold labels must be strings, got {label!r}.")
+            table[label] = float(_threshold_number(threshold[label], f"threshold[{label!r}]"))
+        return table
+    return _threshold_number(threshold, "threshold")
+
+
+def _threshold_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"luke_ner: {name} must be a number or a {{label: number}} table, got {value!r}."
+        )
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"luke_ner: {name} must be between 0.0 and 1.0, got {value!r}.")
+    return value
 
 
 def config_defaults(section: str) -> str:
