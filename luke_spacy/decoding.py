@@ -139,6 +139,20 @@ class Candidates:
     scores: numpy.ndarray
     probs: numpy.ndarray
 
+    def above(self, threshold: Threshold) -> Candidates:
+        """The candidates whose probability reaches their label's threshold.
+
+        threshold (Threshold): One threshold, or one per label id.
+        RETURNS (Candidates): Those candidates (self when no threshold is above 0.0).
+        """
+        per_label = numpy.ndim(threshold) > 0
+        if not len(self.rows) or not (per_label or threshold > 0.0):
+            return self
+        likely = self.probs >= (threshold[self.labels] if per_label else threshold)
+        return Candidates(
+            self.rows[likely], self.labels[likely], self.scores[likely], self.probs[likely]
+        )
+
 
 def entity_candidates(
     logits: numpy.ndarray,
@@ -190,11 +204,7 @@ def entity_candidates(
     if len(rows):
         scaled = logits[rows] if temperature == 1.0 else logits[rows] / temperature
         probs = softmax(scaled)[numpy.arange(len(rows)), labels]
-    per_label = numpy.ndim(threshold) > 0
-    if len(rows) and (per_label or threshold > 0.0):
-        likely = probs >= (threshold[labels] if per_label else threshold)
-        rows, labels, scores, probs = rows[likely], labels[likely], scores[likely], probs[likely]
-    return Candidates(rows, labels, scores, probs)
+    return Candidates(rows, labels, scores, probs).above(threshold)
 
 
 def decode_logits(
@@ -301,12 +311,10 @@ def decode_sentence(
     RETURNS (SentenceEntities): (k, 2) spans, (k,) label ids and (k,) softmax probabilities
         of the accepted entities, in acceptance order.
     """
-    lo, hi = (int(spans[:, 0].min()), int(spans[:, 1].max())) if len(spans) else (0, 0)
     candidates = entity_candidates(
         logits, threshold=threshold, temperature=temperature, nil_veto=nil_veto
     )
-    accepted, probs = _decode(spans, candidates, 0, taken=[i for i in range(lo, hi) if i in taken])
-    return _arrays(spans, accepted, probs)
+    return decode_candidates(spans, candidates, taken=taken)
 
 
 def decode_sentence_nested(
@@ -323,18 +331,37 @@ def decode_sentence_nested(
     fixed (Sequence[Span]): Entities already on the Doc: never crossed nor repeated.
     The other arguments and the result are those of `decode_sentence`.
     """
-    lo, hi = (int(spans[:, 0].min()), int(spans[:, 1].max())) if len(spans) else (0, 0)
     candidates = entity_candidates(
         logits, threshold=threshold, temperature=temperature, nil_veto=nil_veto
     )
-    near = [(s, e) for s, e in fixed if s < hi and e > lo]
-    accepted, probs = _decode(spans, candidates, 0, fixed=near, nested=True)
-    return _arrays(spans, accepted, probs)
+    return decode_candidates(spans, candidates, fixed=fixed, nested=True)
 
 
-def _arrays(
-    spans: numpy.ndarray, accepted: List[Tuple[Span, int, int]], probs: numpy.ndarray
+def decode_candidates(
+    spans: numpy.ndarray,
+    candidates: Candidates,
+    *,
+    taken: Set[int] = frozenset(),
+    fixed: Sequence[Span] = (),
+    nested: bool = False,
 ) -> SentenceEntities:
+    """The greedy (`nested`: the nested) decoding of one sentence's candidates, as arrays.
+
+    spans (numpy.ndarray): (n, 2) candidate word spans of the sentence (the logits' rows).
+    candidates (Candidates): From `entity_candidates` (label 0 is no-entity).
+    taken (Set[int]): Words of the Doc that must stay free (greedy decoding).
+    fixed (Sequence[Span]): Spans accepted beforehand (nested decoding).
+    nested (bool): Allow entities inside entities.
+    RETURNS (SentenceEntities): The accepted entities, in acceptance order.
+    """
+    spans = numpy.asarray(spans)
+    lo, hi = (int(spans[:, 0].min()), int(spans[:, 1].max())) if len(spans) else (0, 0)
+    if nested:
+        near = [(s, e) for s, e in fixed if s < hi and e > lo]
+        accepted, probs = _decode(spans, candidates, 0, fixed=near, nested=True)
+    else:
+        free = [i for i in range(lo, hi) if i in taken]
+        accepted, probs = _decode(spans, candidates, 0, taken=free)
     rows = [k for _, _, k in accepted]
     labels = numpy.asarray([label for _, label, _ in accepted], "i")
-    return numpy.asarray(spans)[rows].reshape(-1, 2), labels, probs
+    return spans[rows].reshape(-1, 2), labels, probs
