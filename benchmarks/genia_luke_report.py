@@ -21,7 +21,7 @@ from typing import Any, Dict
 
 import spacy
 from common import write_json
-from conll_small_report import run_environment, training_log
+from conll_small_report import add_training_arguments, timed_run, training_settings
 
 SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -47,17 +47,11 @@ def main(argv=None) -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--spancat", type=Path, required=True)
-    parser.add_argument("--model-config", type=Path, required=True)
-    for name in ("threads", "steps", "eval-frequency", "warmup-steps", "batch-words", "seed"):
-        parser.add_argument(f"--{name}", type=int, required=True)
-    for name in ("learn-rate", "dropout"):
-        parser.add_argument(f"--{name}", type=float, required=True)
+    add_training_arguments(parser)
     args = parser.parse_args(argv)
 
     out, key = args.out_dir, args.key
-    log = training_log(out / "train.jsonl", "luke_ner", f"spans_{key}")
-    best = max(log, key=lambda r: r["dev_f"] or 0.0)
-    times = json.loads((out / "time.txt").read_text().strip().splitlines()[-1])
+    log, run = timed_run(out, "luke_ner", f"spans_{key}", args.threads)
     config = spacy.util.load_config(out / "model-best" / "config.cfg")
     luke = config["components"]["luke_ner"]
     model_config = json.loads(args.model_config.read_text(encoding="utf8"))
@@ -66,25 +60,7 @@ def main(argv=None) -> int:
         {k: v for k, v in json.loads((out / "metrics" / name).read_text()).items() if k != "docbin"}
         for name in ("test-nested.json", "test-flat.json")
     )
-    training = {
-        "threads": args.threads,
-        **times,
-        "cpu_seconds": times["user_seconds"] + times["system_seconds"],
-        "max_steps": args.steps,
-        "eval_frequency": args.eval_frequency,
-        "learn_rate": args.learn_rate,
-        "schedule": "warmup_linear (linear warm-up, linear decay to 0 at max_steps)",
-        "warmup_steps": args.warmup_steps,
-        "dropout": args.dropout,
-        "batch_words": args.batch_words,
-        "seed": args.seed,
-        "steps_done": log[-1]["step"],
-        "epochs_done": log[-1]["epoch"],
-        "best_step": best["step"],
-        "best_holdout_f": best["dev_f"],
-        "environment": run_environment(args.threads),
-        "spacy": spacy.__version__,
-    }
+    training = {**training_settings(args), **run}
     spancat = json.loads(args.spancat.read_text(encoding="utf8"))
     report = {
         "what": "LUKE-shaped model trained from random init on GENIA dev from nested gold "

@@ -117,22 +117,40 @@ def test_matches_notebook_decode_on_random_logits(seed):
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+@pytest.mark.parametrize(
+    "threshold", [0.5, 0.7, 0.9, {"PER": 0.7}, {"PER": 0.9, "LOC": 0.5}, {"MISC": 0.6}]
+)
 def test_threshold_treats_unlikely_spans_as_no_entity(threshold):
-    """A span whose best label's probability is under the threshold decodes like a NIL span."""
-    rng = numpy.random.default_rng(3)
-    n_words = 10
+    """A span whose best label's probability is under its label's threshold decodes like a NIL
+    span, in both decodings; with a table, labels not listed are decoded as without one."""
+    rng = numpy.random.default_rng(3 if isinstance(threshold, float) else 7)
+    n_words = 10 if isinstance(threshold, float) else 12
     spans = [(i, j) for i in range(n_words) for j in range(i + 1, min(n_words, i + 4) + 1)]
     logits = rng.normal(scale=2.0, size=(len(spans), 5))
     e = numpy.exp(logits - logits.max(axis=1, keepdims=True))
     best = (e / e.sum(axis=1, keepdims=True)).max(axis=1)
-    assert (best < threshold).any() and (best >= threshold).any()
+    cuts = label_thresholds(threshold, LABELS)
+    under = best < (cuts[logits.argmax(axis=1)] if isinstance(threshold, dict) else cuts)
+    assert under.any() and (~under & (logits.argmax(axis=1) > 0)).any()
     as_nil = logits.copy()
-    as_nil[best < threshold, 0] = as_nil[best < threshold].max(axis=1) + 1.0
+    as_nil[under, 0] = as_nil[under].max(axis=1) + 1.0
     expected = notebook_tags(spans, as_nil.tolist(), n_words)
-    accepted = decode_logits(spans, logits, threshold=threshold)
+    accepted = decode_logits(spans, logits, threshold=cuts)
     assert to_tags(accepted, n_words) == expected
+    assert decode_nested_logits(spans, logits, threshold=cuts) == decode_nested_logits(
+        spans, as_nil
+    )
     assert decode_logits(spans, logits, threshold=0.0) == decode_logits(spans, logits)
+
+
+def test_the_same_threshold_for_every_label_is_the_scalar():
+    rng = numpy.random.default_rng(7)
+    spans = [(i, j) for i in range(12) for j in range(i + 1, min(12, i + 4) + 1)]
+    logits = rng.normal(scale=2.0, size=(len(spans), 5))
+    same = label_thresholds(dict.fromkeys(LABELS[1:], 0.7), LABELS)
+    assert decode_logits(spans, logits, threshold=same) == decode_logits(
+        spans, logits, threshold=0.7
+    )
 
 
 # -- nested decoding ---------------------------------------------------------------------------
@@ -246,34 +264,6 @@ def test_label_thresholds_table():
         label_thresholds({"PER": 0.6, "XYZ": 0.2}, labels)
     with pytest.raises(ValueError, match="XYZ"):
         label_thresholds({"NIL": 0.5, "XYZ": 0.2}, labels)
-
-
-@pytest.mark.parametrize("table", [{"PER": 0.7}, {"PER": 0.9, "LOC": 0.5}, {"MISC": 0.6}])
-def test_thresholds_per_label(table):
-    """A span whose best label's probability is under that label's threshold decodes like a
-    NIL span; labels not in the table are decoded as without a threshold."""
-    rng = numpy.random.default_rng(7)
-    n_words = 12
-    spans = [(i, j) for i in range(n_words) for j in range(i + 1, min(n_words, i + 4) + 1)]
-    logits = rng.normal(scale=2.0, size=(len(spans), 5))
-    e = numpy.exp(logits - logits.max(axis=1, keepdims=True))
-    best = (e / e.sum(axis=1, keepdims=True)).max(axis=1)
-    names = [ID2LABEL[i] for i in logits.argmax(axis=1)]
-    under = numpy.asarray([best[k] < table.get(names[k], 0.0) for k in range(len(spans))])
-    assert under.any() and (~under & (logits.argmax(axis=1) > 0)).any()
-    as_nil = logits.copy()
-    as_nil[under, 0] = as_nil[under].max(axis=1) + 1.0
-    cuts = label_thresholds(table, LABELS)
-    for decode in (decode_logits, decode_nested_logits):
-        assert decode(spans, logits, threshold=cuts) == decode(spans, as_nil)
-    assert to_tags(decode_logits(spans, logits, threshold=cuts), n_words) == notebook_tags(
-        spans, as_nil.tolist(), n_words
-    )
-    # the same number for every label is the scalar threshold
-    same = label_thresholds(dict.fromkeys(["MISC", "PER", "ORG", "LOC"], 0.7), LABELS)
-    assert decode_logits(spans, logits, threshold=same) == decode_logits(
-        spans, logits, threshold=0.7
-    )
 
 
 def test_temperature_rescales_probabilities_not_the_order():
