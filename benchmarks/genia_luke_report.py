@@ -8,8 +8,10 @@ Reads what the run left in --out-dir: spaCy's training log (train.jsonl), time.t
 CPU seconds of `spacy train`), `spacy evaluate --spans-key` of model-best on test
 (metrics/test.json), genia_score.py of the nested group (metrics/test-nested.json) and of
 doc.ents (metrics/test-flat.json), both against the nested gold, the corpus counts and
-model-best's config. The `table` compares, on GENIA test against the nested gold: the nested
-group, doc.ents of the same model, and spancat (its results JSON).
+model-best's config; and, when the recipe's TUNE step ran, the thresholds tuned on
+dev-holdout (metrics/tune.json) with the tuned pipeline's test scores. The `table` compares,
+on GENIA test against the nested gold: the nested group, doc.ents of the same model (and of
+the tuned pipeline), and spancat (its results JSON).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def row(system: str, score: Dict[str, Any], training: Dict[str, Any]) -> Dict[st
     }
 
 
+def _read(path: Path) -> Dict[str, Any]:
+    """A genia_score.py output, less the corpus path."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "docbin"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -57,8 +64,7 @@ def main(argv=None) -> int:
     model_config = json.loads(args.model_config.read_text(encoding="utf8"))
     metrics = json.loads((out / "metrics" / "test.json").read_text())
     nested, flat = (
-        {k: v for k, v in json.loads((out / "metrics" / name).read_text()).items() if k != "docbin"}
-        for name in ("test-nested.json", "test-flat.json")
+        _read(out / "metrics" / name) for name in ("test-nested.json", "test-flat.json")
     )
     training = {**training_settings(args), **run}
     spancat = json.loads(args.spancat.read_text(encoding="utf8"))
@@ -103,6 +109,19 @@ def main(argv=None) -> int:
         "test_ents": flat,
         "log": log,
     }
+    tuned = out / "metrics" / "tune.json"
+    if tuned.exists():  # the recipe's TUNE step: thresholds tuned on dev-holdout
+        tune = json.loads(tuned.read_text())
+        report["tuned_on_holdout"] = {
+            "settings": tune["settings"],
+            "calibration": tune.get("calibration"),
+            "holdout_before": tune["before"]["per_label"],
+            "holdout_after": tune["after"]["per_label"],
+        }
+        for name, system in (("nested", "nested group"), ("flat", "doc.ents")):
+            score = _read(out / "metrics" / f"test-{name}-tuned.json")
+            report["tuned_on_holdout"][f"test_{name}"] = score
+            report["table"].append(row(f"luke_ner {system}, tuned on dev-holdout", score, training))
     write_json(str(args.results), report)
     print(json.dumps({k: report[k] for k in ("table",)}, indent=2))
     return 0

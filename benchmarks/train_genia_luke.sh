@@ -17,10 +17,12 @@
 # learns its own label from the nested gold; sentence context) with the CoNLL small model's
 # optimizer settings, (4) `spacy evaluate --spans-key genia` on test (spans_genia_* and ents_*),
 # and benchmarks/genia_score.py for the nested group and for doc.ents against the nested gold,
-# inner-entity recall included, (5) the summary JSON with spancat's figures beside
-# (genia_luke_report.py).
+# inner-entity recall included, (5) with TUNE=1 (the default), `luke-spacy tune-thresholds
+# --target nested --temperature --no-nil-veto` of model-best on dev-holdout (the thresholds of
+# the opt-in nil_veto = false rule, for the nested group) and the tuned pipeline scored on test
+# the same way, (6) the summary JSON with spancat's figures beside (genia_luke_report.py).
 #
-# Outputs under OUT: corpus/, init/, model-best/, model-last/, train.log, train.jsonl,
+# Outputs under OUT: corpus/, init/, model-best/, model-last/, tuned/, train.log, train.jsonl,
 # time.txt (wall and CPU seconds of spacy train), metrics/.
 set -euo pipefail
 
@@ -41,6 +43,7 @@ WARMUP="${WARMUP:-$((STEPS / 13))}"
 DROPOUT="${DROPOUT:-0.1}"
 BATCH_WORDS="${BATCH_WORDS:-500}"
 SEED="${SEED:-0}"
+TUNE="${TUNE:-1}"
 RESULTS="${RESULTS:-$ROOT/benchmarks/results/genia-luke.json}"
 SPANCAT="${SPANCAT:-$ROOT/benchmarks/results/genia-spancat.json}"
 
@@ -75,6 +78,16 @@ python benchmarks/genia_score.py "$OUT/model-best" "$OUT/corpus/test.spacy" \
   --pred-key "$KEY" --gold-key "$KEY" --out "$OUT/metrics/test-nested.json"
 python benchmarks/genia_score.py "$OUT/model-best" "$OUT/corpus/test.spacy" \
   --pred-key ents --gold-key "$KEY" --out "$OUT/metrics/test-flat.json"
+
+if [ "$TUNE" = 1 ]; then
+  luke-spacy tune-thresholds "$OUT/model-best" "$OUT/corpus/dev-holdout.spacy" "$OUT/tuned" \
+    --force --target nested --temperature --no-nil-veto --scores "$OUT/metrics/tune.json"
+  for pred in "$KEY" ents; do
+    name=$([ "$pred" = ents ] && echo flat || echo nested)
+    python benchmarks/genia_score.py "$OUT/tuned" "$OUT/corpus/test.spacy" \
+      --pred-key "$pred" --gold-key "$KEY" --out "$OUT/metrics/test-$name-tuned.json"
+  done
+fi
 
 python benchmarks/genia_luke_report.py --out-dir "$OUT" --key "$KEY" --threads "$THREADS" \
   --results "$RESULTS" --spancat "$SPANCAT" --steps "$STEPS" --eval-frequency "$EVAL_FREQ" \
