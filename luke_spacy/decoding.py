@@ -44,12 +44,8 @@ def greedy_decode(
         entity, in acceptance order.
     """
     blocked: Set[int] = set(taken)
-    order = sorted(
-        (k for k in range(len(spans)) if label_ids[k] != no_entity_id),
-        key=lambda k: -max_scores[k],
-    )
     accepted: List[Tuple[Span, int, int]] = []
-    for k in order:
+    for k in score_order(max_scores, label_ids, no_entity_id):
         start, end = spans[k]
         words = range(start, end)
         if any(w in blocked for w in words):
@@ -83,18 +79,25 @@ def nested_decode(
         entity, in acceptance order.
     """
     held: List[Span] = list(fixed)
-    order = sorted(
-        (k for k in range(len(spans)) if label_ids[k] != no_entity_id),
-        key=lambda k: -max_scores[k],
-    )
     accepted: List[Tuple[Span, int, int]] = []
-    for k in order:
+    for k in score_order(max_scores, label_ids, no_entity_id):
         span = (int(spans[k][0]), int(spans[k][1]))
         if any(span == other or crosses(span, other) for other in held):
             continue
         held.append(span)
         accepted.append((span, label_ids[k], k))
     return accepted
+
+
+def score_order(
+    max_scores: Sequence[float], label_ids: Sequence[int], no_entity_id: int
+) -> List[int]:
+    """The candidates whose label is not no-entity, stable-sorted by score, descending (ties
+    keep the enumeration order): the order both decodings accept spans in."""
+    return sorted(
+        (k for k in range(len(max_scores)) if label_ids[k] != no_entity_id),
+        key=lambda k: -max_scores[k],
+    )
 
 
 def crosses(a: Span, b: Span) -> bool:
