@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import spacy
 from common import environment, write_json
@@ -40,11 +40,57 @@ def training_log(path: Path, component: str, score_prefix: str) -> List[Dict[str
     return rows
 
 
+def timed_run(
+    out: Path, component: str, score_prefix: str, threads: int
+) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """The log (`training_log`) of a `spacy train` run in `out` that a recipe timed with
+    /usr/bin/time into time.txt, and its summary: wall and CPU seconds, steps and epochs done,
+    the best evaluation, the environment."""
+    log = training_log(out / "train.jsonl", component, score_prefix)
+    best = max(log, key=lambda row: row["dev_f"] or 0.0)
+    times = json.loads((out / "time.txt").read_text().strip().splitlines()[-1])
+    return log, {
+        "threads": threads,
+        **times,
+        "cpu_seconds": times["user_seconds"] + times["system_seconds"],
+        "steps_done": log[-1]["step"],
+        "epochs_done": log[-1]["epoch"],
+        "best_step": best["step"],
+        "best_holdout_f": best["dev_f"],
+        "environment": run_environment(threads),
+        "spacy": spacy.__version__,
+    }
+
+
 def run_environment(threads: int) -> Dict[str, Any]:
     """`common.environment` less the load average, which is the report's, not the run's."""
     env = environment("cpu", threads)
     env.pop("loadavg_start", None)
     return env
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training settings a `train_*.sh` recipe passes on: --threads, --steps, ..."""
+    parser.add_argument("--model-config", type=Path, required=True)
+    for name in ("threads", "steps", "eval-frequency", "warmup-steps", "batch-words", "seed"):
+        parser.add_argument(f"--{name}", type=int, required=True)
+    for name in ("learn-rate", "dropout"):
+        parser.add_argument(f"--{name}", type=float, required=True)
+
+
+def training_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The settings of `add_training_arguments`, as the reports write them."""
+    return {
+        "threads": args.threads,
+        "max_steps": args.steps,
+        "eval_frequency": args.eval_frequency,
+        "learn_rate": args.learn_rate,
+        "schedule": "warmup_linear (linear warm-up, linear decay to 0 at max_steps)",
+        "warmup_steps": args.warmup_steps,
+        "dropout": args.dropout,
+        "batch_words": args.batch_words,
+        "seed": args.seed,
+    }
 
 
 def scores(path: Path) -> Dict[str, Any]:
@@ -64,11 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--train-seconds", type=float, required=True)
-    parser.add_argument("--model-config", type=Path, required=True)
-    for name in ("threads", "steps", "eval-frequency", "warmup-steps", "batch-words", "seed"):
-        parser.add_argument(f"--{name}", type=int, required=True)
-    for name in ("learn-rate", "dropout"):
-        parser.add_argument(f"--{name}", type=float, required=True)
+    add_training_arguments(parser)
     parser.add_argument("--context", required=True)
     args = parser.parse_args(argv)
 
@@ -95,15 +137,7 @@ def main(argv=None) -> int:
             for key in ("context", "max_mention_length", "max_entity_length", "max_length")
         },
         "training": {
-            "threads": args.threads,
-            "max_steps": args.steps,
-            "eval_frequency": args.eval_frequency,
-            "learn_rate": args.learn_rate,
-            "schedule": "warmup_linear (linear warm-up, linear decay to 0 at max_steps)",
-            "warmup_steps": args.warmup_steps,
-            "dropout": args.dropout,
-            "batch_words": args.batch_words,
-            "seed": args.seed,
+            **training_settings(args),
             "optimizer": dict(config["training"]["optimizer"], learn_rate=None),
             "train_seconds": args.train_seconds,
             "seconds_per_step": args.train_seconds / max(1, log[-1]["step"]),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import spacy
 from common import write_json
-from conll_small_report import run_environment, training_log
+from conll_small_report import timed_run
 
 DEFAULT_SUGGESTER = {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3]}
 
@@ -26,9 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     out, key = args.out_dir, args.key
-    log = training_log(out / "train.jsonl", "spancat", f"spans_{key}")
-    best = max(log, key=lambda row: row["dev_f"] or 0.0)
-    times = json.loads((out / "time.txt").read_text().strip().splitlines()[-1])
+    log, training = timed_run(out, "spancat", f"spans_{key}", args.threads)
     config = spacy.util.load_config(out / "model-best" / "config.cfg")
     counts = json.loads((out / "corpus" / "counts.json").read_text())["counts"]
     metrics = json.loads((out / "metrics" / "test.json").read_text())
@@ -61,17 +59,7 @@ def main(argv=None) -> int:
         "test_gold_longer_than_suggester": sum(
             n for length, n in test_lengths.items() if int(length) > longest
         ),
-        "training": {
-            "threads": args.threads,
-            **times,
-            "cpu_seconds": times["user_seconds"] + times["system_seconds"],
-            "steps_done": log[-1]["step"],
-            "epochs_done": log[-1]["epoch"],
-            "best_step": best["step"],
-            "best_holdout_f": best["dev_f"],
-            "environment": run_environment(args.threads),
-            "spacy": spacy.__version__,
-        },
+        "training": training,
         "test_spacy_evaluate": {
             "p": metrics[f"spans_{key}_p"],
             "r": metrics[f"spans_{key}_r"],

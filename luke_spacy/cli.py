@@ -65,7 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the `annotate` and `random-model` subcommands."""
+    """The argument parser with the `annotate`, `random-model` and `tune-thresholds`
+    subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="LUKE named entity recognition as a spaCy component."
     )
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="std of the classifier weights, to widen logit margins",
     )
     random_model.set_defaults(func=run_random_model)
+    # --- tune-thresholds (luke_spacy/tuning.py) ---
+    from .tuning import add_parser as add_tuning_parser
+
+    add_tuning_parser(commands)
     return parser
 
 

@@ -28,6 +28,7 @@ import srsly
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
+from spacy.pipeline.spancat import spancat_score
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import logger
@@ -38,7 +39,12 @@ from thinc.api import Config, Model, set_dropout_rate
 
 from .annotation import scored_span_group, trf_data, word_spans
 from .checkpoint import check_saved_labels
-from .decoding import decode_sentence
+from .decoding import (
+    SentenceEntities,
+    decode_sentence,
+    decode_sentence_nested,
+    label_thresholds,
+)
 from .isolation import run_isolated
 from .listening import (
     defer_width,
@@ -51,7 +57,15 @@ from .listening import (
 from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
-from .settings import Attention, Context, DType, NerSettings, SettingsError, config_defaults
+from .settings import (
+    Attention,
+    Context,
+    DType,
+    NerSettings,
+    SettingsError,
+    Threshold,
+    config_defaults,
+)
 from .training import (
     Coverage,
     GoldDoc,
@@ -61,6 +75,7 @@ from .training import (
     describe_unknown_labels,
     gold_doc,
     gold_entities,
+    gold_spans,
     span_loss,
     span_targets,
 )
@@ -85,7 +100,8 @@ DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)
 
 @Language.factory(
     "luke_ner",
-    # doc.spans with spans_key set (the default), doc._.trf_data with set_trf_data or listeners.
+    # doc.spans with spans_key set (the default) or nested_spans_key, doc._.trf_data with
+    # set_trf_data or listeners.
     assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans", "doc._.trf_data"],
     default_config=DEFAULT_CONFIG["luke_ner"],
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -104,9 +120,13 @@ def make_luke_ner(
     dtype: DType,
     attention: Attention,
     overwrite_ents: bool,
-    threshold: float,
+    threshold: Threshold,
     spans_key: Optional[str],
     set_trf_data: bool,
+    temperature: float,
+    nil_veto: bool,
+    nested_spans_key: Optional[str],
+    gold_spans_key: Optional[str],
     scorer: Optional[Callable],
 ) -> "LukeEntityRecognizer":
     """Construct a LUKE span-classification entity recognizer.
@@ -130,6 +150,20 @@ def make_luke_ner(
     except SettingsError as err:
         # Values out of range are config errors, reported as spaCy reports wrong types.
         raise err.config_error(name, values) from None
+
+
+def _check_gold_spans_key(examples: Sequence[Example], key: str) -> None:
+    """Refuse training data with entities but none under `gold_spans_key`: a misspelled key
+    would train every span as no-entity."""
+    if any(key in eg.reference.spans for eg in examples):
+        return
+    if any(eg.reference.ents for eg in examples):
+        groups = sorted({name for eg in examples for name in eg.reference.spans})
+        raise ValueError(
+            f"luke_ner: gold_spans_key = {key!r}, but no training Doc has doc.spans[{key!r}] "
+            f"(their span groups: {groups}); give the key of the nested gold, or null to "
+            "train from doc.ents."
+        )
 
 
 class LukeEntityRecognizer(TrainablePipe):
@@ -234,9 +268,16 @@ class LukeEntityRecognizer(TrainablePipe):
             `[initialize.components.luke_ner]`; read from the examples when None.
         """
         examples = list(get_examples()) if get_examples is not None else []
-        gold = Counter(ent.label_ for eg in examples for ent in eg.reference.ents)
+        key = self.settings.gold_spans_key
+        if key is not None:
+            _check_gold_spans_key(examples, key)
+        gold = Counter(span.label_ for eg in examples for span in gold_spans(eg.reference, key))
         # spaCy's placeholder example (when there is no data) has no entity annotation.
-        annotated = any(eg.reference.has_annotation("ENT_IOB") for eg in examples)
+        annotated = any(
+            eg.reference.has_annotation("ENT_IOB")
+            or (key is not None and key in eg.reference.spans)
+            for eg in examples
+        )
         given = labels is not None
         if labels is None and gold:
             labels = sorted(gold)
@@ -262,7 +303,7 @@ class LukeEntityRecognizer(TrainablePipe):
         report = Coverage()
         known = set(self.labels)
         for eg in examples:
-            gold_example = gold_doc(eg, runtime.sentences)
+            gold_example = gold_doc(eg, runtime.sentences, key)
             lengths = [len(ids) for ids in runtime.word_ids(gold_example.doc)]
             coverage(gold_example, lengths, self.settings.max_mention_length, report, known)
         self._coverage = report.to_dict()
@@ -278,34 +319,41 @@ class LukeEntityRecognizer(TrainablePipe):
 
         Each sentence is decoded as soon as its passes have run, so memory does not grow
         with the length of a Doc. Entities already on a Doc keep their words free unless
-        `overwrite_ents` is set.
+        `overwrite_ents` is set; in the nested decoding (`nested_spans_key`), they count as
+        accepted spans: no entity crosses one or repeats its span, entities inside and
+        around them are found.
 
         docs (Iterable[Doc]): The documents to predict.
-        RETURNS (List[DocEntities]): The entities of each Doc.
+        RETURNS (List[DocEntities]): The entities of each Doc (and their nested entities).
         """
         docs = list(docs)
         settings = self.settings
-        taken = [
-            set()
-            if settings.overwrite_ents
-            else {i for e in doc.ents for i in range(e.start, e.end)}
-            for doc in docs
-        ]
-        found: List[List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]] = [[] for _ in docs]
+        preset = [() if settings.overwrite_ents else doc.ents for doc in docs]
+        taken = [{i for e in ents for i in range(e.start, e.end)} for ents in preset]
+        fixed = [[(e.start, e.end) for e in ents] for ents in preset]
+        rule: Dict[str, Any] = {}
+        nested = settings.nested_spans_key is not None
+        found: List[List[SentenceEntities]] = [[] for _ in docs]
+        found_nested: List[List[SentenceEntities]] = [[] for _ in docs]
         keep_states = self.runtime.keeps_word_states
         states: Dict[int, numpy.ndarray] = {}
         for item in self.model.predict(docs):
             if not isinstance(item, ScoredSentence):  # DocStates: set_trf_data or listeners
                 states[item.doc] = item.states
                 continue
-            found[item.doc].append(
-                decode_sentence(
-                    item.spans, item.logits, taken=taken[item.doc], threshold=settings.threshold
+            if not rule:  # the checkpoint is loaded now, with its labels
+                rule = self._decoding_rule()
+            d = item.doc
+            found[d].append(decode_sentence(item.spans, item.logits, taken=taken[d], **rule))
+            if nested:
+                found_nested[d].append(
+                    decode_sentence_nested(item.spans, item.logits, fixed=fixed[d], **rule)
                 )
-            )
         return [
             DocEntities.from_parts(
-                parts, self._trf_data(doc, states.get(d)) if keep_states else None
+                parts,
+                self._trf_data(doc, states.get(d)) if keep_states else None,
+                nested=DocEntities.from_parts(found_nested[d]) if nested else None,
             )
             for d, (doc, parts) in enumerate(zip(docs, found))
         ]
@@ -325,22 +373,30 @@ class LukeEntityRecognizer(TrainablePipe):
         return [DocScores.from_sentences(doc_parts, n_labels) for doc_parts in parts]
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[DocEntities]) -> None:
-        """Write the predicted entities to `doc.ents` (and `doc.spans[spans_key]`).
+        """Write the predicted entities to `doc.ents` (and `doc.spans[spans_key]`), and the
+        nested ones to `doc.spans[nested_spans_key]`.
 
         Entities kept from before (`overwrite_ents = false`) keep their scored spans from an
-        earlier run of this component, so running it twice loses no scores.
+        earlier run of this component in both groups, so running it twice loses no scores.
 
         docs (Iterable[Doc]): The documents to modify.
         predictions (Sequence[DocEntities]): The output of `predict`.
         """
         names = self._label_names()
         key = self.settings.spans_key
+        nested_key = self.settings.nested_spans_key
         for doc, pred in zip(docs, predictions):
             kept = () if self.settings.overwrite_ents else doc.ents
             new = word_spans(doc, pred.spans, [names[i] for i in pred.labels.tolist()])
             doc.ents = sorted(kept + new, key=lambda span: span.start)
             if key is not None:
                 doc.spans[key] = scored_span_group(doc, key, kept, new, pred.scores)
+            if nested_key is not None and pred.nested is not None:
+                inner = pred.nested
+                found = word_spans(doc, inner.spans, [names[i] for i in inner.labels.tolist()])
+                doc.spans[nested_key] = scored_span_group(
+                    doc, nested_key, kept, found, inner.scores
+                )
             if pred.trf_data is not None:
                 doc._.trf_data = pred.trf_data
 
@@ -404,7 +460,8 @@ class LukeEntityRecognizer(TrainablePipe):
             # The optimizer then steps once the listeners' gradients are in, not here.
             self._send_to_listeners(examples, sgd)
         runtime = self.runtime
-        golds = [gold_doc(eg, runtime.sentences) for eg in examples]
+        key = self.settings.gold_spans_key
+        golds = [gold_doc(eg, runtime.sentences, key) for eg in examples]
         self._report_unknown_labels(golds)
         for batch in runtime.update_batches([g.doc for g in golds], [g.sentences for g in golds]):
             scores, backprop = self.model.begin_update(batch)
@@ -420,16 +477,18 @@ class LukeEntityRecognizer(TrainablePipe):
     ) -> Tuple[float, numpy.ndarray]:
         """The recipe's loss of one forward batch of an update, and its gradient.
 
-        Each candidate span's target is its gold label, or the no-entity class when it is no
-        gold entity; the loss is the cross-entropy summed over the batch's spans and divided
-        by the number of spans in the whole update (`scores.batch.n_spans`).
+        Each candidate span's target is its gold label (from `doc.ents`, or with
+        `gold_spans_key` from that span group, nested or not), or the no-entity class when it
+        is no gold entity; the loss is the cross-entropy summed over the batch's spans and
+        divided by the number of spans in the whole update (`scores.batch.n_spans`).
 
         examples (Sequence[Example]): The examples of the update (`Pass.doc` indexes them).
         scores (BatchScores): What `self.model.begin_update` returned for the batch.
         RETURNS (Tuple[float, numpy.ndarray]): The loss and d_logits (shaped as the logits).
         """
         passes = scores.batch.passes
-        entities = {d: gold_entities(examples[d])[0] for d in {p.doc for p in passes}}
+        key = self.settings.gold_spans_key
+        entities = {d: gold_entities(examples[d], key).entities for d in {p.doc for p in passes}}
         targets = span_targets(
             [p.spans for p in passes],
             [entities[p.doc] for p in passes],
@@ -437,6 +496,22 @@ class LukeEntityRecognizer(TrainablePipe):
             scores.logits.shape[1],
         )
         return span_loss(scores.logits, targets, scores.batch.n_spans)
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        """Score a batch of examples: the scorer's scores (`ents_*` by default) and, with
+        `nested_spans_key`, `spans_<key>_p/r/f` and `spans_<key>_per_type` of the nested
+        group against the reference Docs' group of the same key, overlap allowed (spancat's
+        scorer).
+
+        examples (Iterable[Example]): The examples to score.
+        RETURNS (Dict[str, Any]): The scores.
+        """
+        examples = list(examples)
+        scores = super().score(examples, **kwargs)
+        key = self.settings.nested_spans_key
+        if key is not None:
+            scores.update(spancat_score(examples, spans_key=key))
+        return scores
 
     def add_label(self, label: str) -> int:
         raise NotImplementedError(
@@ -511,6 +586,15 @@ class LukeEntityRecognizer(TrainablePipe):
         self._saved_labels = list(saved.get("labels") or [])
         if "coverage" in saved:
             self._coverage = dict(saved["coverage"])
+
+    def _decoding_rule(self) -> Dict[str, Any]:
+        """The decoding settings, with a threshold table as one threshold per label id."""
+        settings = self.settings
+        return {
+            "threshold": label_thresholds(settings.threshold, self._label_names()),
+            "temperature": settings.temperature,
+            "nil_veto": settings.nil_veto,
+        }
 
     def _trf_data(self, doc: Doc, states: Optional[numpy.ndarray]) -> Any:
         runtime = self.runtime

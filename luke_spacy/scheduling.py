@@ -80,28 +80,36 @@ class DocEntities:
     labels (numpy.ndarray): (k,) label ids; `cfg["labels"][i]` is the label's name.
     scores (numpy.ndarray): (k,) softmax probability of each entity's label.
     trf_data (Optional[TransformerData]): LUKE's word representations, when requested.
+    nested (Optional[DocEntities]): The nested decoding of the Doc, when requested.
     """
 
     spans: numpy.ndarray
     labels: numpy.ndarray
     scores: numpy.ndarray
     trf_data: Optional[TransformerData] = None
+    nested: Optional[DocEntities] = None
 
     @classmethod
     def from_parts(
         cls,
         parts: Sequence[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]],
         trf_data: Optional[TransformerData] = None,
+        *,
+        nested: Optional[DocEntities] = None,
     ) -> DocEntities:
         """One Doc's entities from its sentences' (spans, labels, scores), sorted by start."""
         parts = [part for part in parts if len(part[0])]
         if not parts:
             empty = (numpy.zeros((0, 2), "i"), numpy.zeros(0, "i"), numpy.zeros(0, "f"))
-            return cls(*empty, trf_data)
+            return cls(*empty, trf_data, nested)
         spans, labels, scores = (numpy.concatenate(x) for x in zip(*parts))
         order = numpy.argsort(spans[:, 0], kind="stable")
         return cls(
-            spans[order].astype("i"), labels[order].astype("i"), scores[order].astype("f"), trf_data
+            spans[order].astype("i"),
+            labels[order].astype("i"),
+            scores[order].astype("f"),
+            trf_data,
+            nested,
         )
 
 

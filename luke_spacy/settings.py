@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union, get_args
 
 from confection import ConfigValidationError
 
@@ -47,6 +47,10 @@ class SettingsError(ValueError):
         )
 
 
+# A number for every label, or a {label: number} table (labels not listed: 0.0, the recipe).
+Threshold = Union[float, Dict[str, float]]
+
+
 @dataclass(frozen=True)
 class NerSettings:
     """The settings of a `luke_ner` component, validated on construction (at `add_pipe`).
@@ -66,11 +70,24 @@ class NerSettings:
     attention (str): "eager" (transformers' own) or "sdpa" (entity-aware attention fused into
         one scaled_dot_product_attention call per layer).
     overwrite_ents (bool): Replace entities already on the Doc instead of keeping them.
-    threshold (float): Least probability of a span's best label for it to compete as an
-        entity; 0.0 is the recipe (every span whose best label is not no-entity).
+    threshold (Union[float, Dict[str, float]]): Least probability of a span's best label for
+        it to compete as an entity; 0.0 is the recipe (every span whose best label is not
+        no-entity). A {label: number} table sets it per label; labels not listed keep 0.0.
+        It applies to `doc.ents` and to the nested group alike.
     spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
     set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data` (always done
         while components listen to the component).
+    temperature (float): Divides the logits before the softmax that gives the entities'
+        scores and the probabilities the threshold reads (1.0: the model's own; see
+        `luke-spacy tune-thresholds --temperature`). The decoding order is the logits'.
+    nil_veto (bool): A span whose likeliest label is no-entity never competes (the recipe).
+        With false (opt-in), a span competes with its likeliest entity label whenever that
+        label's probability reaches its threshold, even where no-entity is likelier: more
+        recall for less precision. Every label then needs a threshold above 0.0.
+    nested_spans_key (Optional[str]): Key of `doc.spans` for the nested decoding (entities
+        inside entities, scored), None for none. `doc.ents` is unchanged.
+    gold_spans_key (Optional[str]): Key of the reference Docs' `doc.spans` holding nested
+        gold for training (each span its own label), None to train from `doc.ents`.
     """
 
     max_mention_length: int = 16
@@ -82,14 +99,22 @@ class NerSettings:
     dtype: DType = "float32"
     attention: Attention = "sdpa"
     overwrite_ents: bool = False
-    threshold: float = 0.0
+    threshold: Threshold = 0.0
     spans_key: Optional[str] = "luke_ner"
     set_trf_data: bool = False
+    temperature: float = 1.0
+    nil_veto: bool = True
+    nested_spans_key: Optional[str] = None
+    gold_spans_key: Optional[str] = None
 
     def __post_init__(self) -> None:
         problems = settings_problems(self)
         if problems:
             raise SettingsError(problems)
+        if isinstance(self.threshold, Mapping):
+            # A copy with float values, sorted by label: the settings stay what was validated.
+            table = {label: float(self.threshold[label]) for label in sorted(self.threshold)}
+            object.__setattr__(self, "threshold", table)
 
     @property
     def recipe(self) -> RecipeSettings:
@@ -132,15 +157,53 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
         allowed = get_args(choices)
         if getattr(settings, key) not in allowed:
             problems.append((key, f"must be one of {allowed}, got {getattr(settings, key)!r}"))
-    problem = probability_problem(settings.threshold)
-    if problem is not None:
-        problems.append(("threshold", problem))
-    if settings.spans_key is not None and (
-        not isinstance(settings.spans_key, str) or not settings.spans_key
+    problems.extend(threshold_problems(settings.threshold))
+    temperature = settings.temperature
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
     ):
+        problems.append(("temperature", f"must be a positive number, got {temperature!r}"))
+    threshold = settings.threshold
+    if not settings.nil_veto and isinstance(threshold, (int, float)) and threshold <= 0.0:
         problems.append(
-            ("spans_key", f"must be a non-empty string or null, got {settings.spans_key!r}")
+            ("nil_veto", "= false needs a threshold above 0.0 (else every span is an entity)")
         )
+    for key in ("spans_key", "nested_spans_key", "gold_spans_key"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append((key, f"must be a non-empty string or null, got {value!r}"))
+    if settings.nested_spans_key is not None and settings.nested_spans_key == settings.spans_key:
+        problems.append(
+            (
+                "nested_spans_key",
+                f"and spans_key are both {settings.spans_key!r}: the nested and the flat "
+                "entities need doc.spans keys of their own",
+            )
+        )
+    return problems
+
+
+def threshold_problems(threshold: Any) -> List[Tuple[str, str]]:
+    """What is wrong with a `threshold`: a probability, or a {label: probability} table.
+
+    threshold (Any): The value given.
+    RETURNS (List[Tuple[str, str]]): (setting, what is wrong) pairs, e.g.
+        ("threshold['PER']", "must be between 0.0 and 1.0, got 1.5").
+    """
+    if not isinstance(threshold, Mapping):
+        problem = probability_problem(threshold)
+        return [] if problem is None else [("threshold", problem)]
+    problems: List[Tuple[str, str]] = []
+    for label, value in threshold.items():
+        if not isinstance(label, str) or not label:
+            problems.append(("threshold", f"labels must be non-empty strings, got {label!r}"))
+            continue
+        problem = probability_problem(value)
+        if problem is not None:
+            problems.append((f"threshold[{label!r}]", problem))
     return problems
 
 

@@ -1,13 +1,18 @@
-"""Training targets of LUKE's recipe: every candidate span gets its gold label or no-entity."""
+"""Training targets of LUKE's recipe: every candidate span gets its gold label or no-entity.
+
+The gold entities are the reference's `doc.ents`, or with a gold spans key its
+`doc.spans[key]`: nested gold, every span with its own label (one label per span).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
+from spacy.tokens import Span as SpacySpan
 from spacy.training import Example
 
 from .checkpoint import NO_ENTITY_LABELS
@@ -25,12 +30,15 @@ class GoldDoc:
     sentences (List[Tuple[int, int]]): Sentence word ranges on `doc`.
     entities (Dict[Span, str]): Gold entity spans on `doc`, by label.
     n_misaligned (int): Gold entities that do not map onto `doc`'s tokens.
+    n_same_span (int): Gold entities with the span of another (nested gold with two types for
+        one span): the first one's label is the target.
     """
 
     doc: Doc
     sentences: List[Tuple[int, int]]
     entities: Dict[Span, str]
     n_misaligned: int = 0
+    n_same_span: int = 0
 
 
 @dataclass
@@ -140,29 +148,55 @@ def describe_entity_free(n_examples: int) -> str:
     )
 
 
-def gold_doc(example: Example, fallback_sentences) -> GoldDoc:
+def gold_doc(example: Example, fallback_sentences, spans_key: Optional[str] = None) -> GoldDoc:
     """Map an Example's gold entities (and sentences, if any) onto its predicted Doc.
 
     fallback_sentences (Callable[[Doc], List[Tuple[int, int]]]): Sentence splitter used when
         the reference has no sentence boundaries or a different tokenization.
+    spans_key (Optional[str]): The reference's `doc.spans` key of the gold; None: `doc.ents`.
     """
     doc, ref = example.predicted, example.reference
-    entities, n_misaligned = gold_entities(example)
+    gold = gold_entities(example, spans_key)
     if same_words(doc, ref) and ref.has_annotation("SENT_START"):
         sentences = [(s.start, s.end) for s in ref.sents]
     else:
         sentences = fallback_sentences(doc)
-    return GoldDoc(doc, sentences, entities, n_misaligned)
+    return GoldDoc(doc, sentences, gold.entities, gold.n_misaligned, gold.n_same_span)
 
 
-def gold_entities(example: Example) -> Tuple[Dict[Span, str], int]:
-    """An Example's gold entity spans on its predicted Doc, by label, and how many gold
-    entities do not map onto the predicted Doc's tokens."""
+def gold_spans(doc: Doc, spans_key: Optional[str] = None) -> Sequence[SpacySpan]:
+    """The gold entities of a reference Doc: `doc.spans[spans_key]` (none when the Doc has no
+    such group), or `doc.ents` when `spans_key` is None."""
+    if spans_key is None:
+        return doc.ents
+    return doc.spans[spans_key] if spans_key in doc.spans else ()
+
+
+class GoldEntities(NamedTuple):
+    """An Example's gold entities on its predicted Doc (see `gold_entities`)."""
+
+    entities: Dict[Span, str]
+    n_misaligned: int
+    n_same_span: int = 0
+
+
+def gold_entities(example: Example, spans_key: Optional[str] = None) -> GoldEntities:
+    """An Example's gold entity spans on its predicted Doc, by label; how many gold entities
+    do not map onto the predicted Doc's tokens; and how many share their span with an earlier
+    one (nested gold only: the first one's label is kept).
+
+    spans_key (Optional[str]): The reference's `doc.spans` key of the gold; None: `doc.ents`.
+    """
     doc, ref = example.predicted, example.reference
+    gold = gold_spans(ref, spans_key)
     if same_words(doc, ref):
-        return {(e.start, e.end): e.label_ for e in ref.ents}, 0
-    aligned = example.get_aligned_spans_y2x(ref.ents, allow_overlap=False)
-    return {(e.start, e.end): e.label_ for e in aligned}, len(ref.ents) - len(aligned)
+        aligned = gold
+    else:
+        aligned = example.get_aligned_spans_y2x(gold, allow_overlap=spans_key is not None)
+    entities: Dict[Span, str] = {}
+    for e in aligned:
+        entities.setdefault((e.start, e.end), e.label_)
+    return GoldEntities(entities, len(gold) - len(aligned), len(aligned) - len(entities))
 
 
 def coverage(
@@ -175,9 +209,11 @@ def coverage(
     """Count gold entities that cannot be learned: no candidate span (too long, crossing
     sentences, etc.), or, when `labels` are given, a label that is not one of them."""
     offsets = subword_offsets(word_lengths)
-    into.n_entities += len(gold.entities) + gold.n_misaligned
+    into.n_entities += len(gold.entities) + gold.n_misaligned + gold.n_same_span
     if gold.n_misaligned:
         into.lost["not aligned to the tokens"] += gold.n_misaligned
+    if gold.n_same_span:
+        into.lost["on the span of another gold entity (one label per span)"] += gold.n_same_span
     sentence_of = {}
     for k, (start, end) in enumerate(gold.sentences):
         for i in range(start, end):

@@ -103,12 +103,13 @@ def run_project(project: Path, *args: str, timeout: int = 600) -> subprocess.Com
     project.mkdir(exist_ok=True)
     shutil.copy(ROOT / "project.yml", project)
     shutil.copytree(ROOT / "configs", project / "configs", dirs_exist_ok=True)
-    shutil.copytree(
-        SCRIPTS,
-        project / "scripts",
-        ignore=shutil.ignore_patterns("__pycache__"),
-        dirs_exist_ok=True,
-    )
+    for folder in (SCRIPTS, ROOT / "benchmarks"):
+        shutil.copytree(
+            folder,
+            project / folder.name,
+            ignore=shutil.ignore_patterns("__pycache__", "results", "gpu"),
+            dirs_exist_ok=True,
+        )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "spacy", "project", "run", args[0], str(project), *args[1:]]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -182,3 +183,36 @@ def test_check_package_installs_outside_this_checkout(monkeypatch):
     assert check.torch_requirement() == "torch==" + torch.__version__.split("+")[0]
     # luke-spacy's wheel is built from the source tree of the luke_spacy imported here.
     assert check.luke_spacy_source() == ROOT
+
+
+@pytest.mark.slow
+def test_workflow_genia_on_a_small_slice(tmp_path, tiny_luke):
+    """Convert, train from the nested gold and evaluate on test: the nested group's scores
+    (spans_genia_*) beside doc.ents', and inner-entity recall for both."""
+    genia = shared_path("genia")
+    project = tmp_path / "project"
+    proc = run_project(
+        project, "genia",
+        "--vars.genia_dir", str(genia),
+        "--vars.genia_model", str(tiny_luke),
+        "--vars.max_docs", "3",
+        "--vars.genia_holdout", "1",
+        "--vars.max_steps", "4",
+        "--vars.warmup_steps", "1",
+        "--vars.eval_frequency", "2",
+        "--vars.learn_rate", "0.001",
+        timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    counts = json.loads((project / "corpus" / "genia" / "counts.json").read_text())
+    assert counts["counts"]["dev-holdout"]["documents"] == 1
+    assert counts["counts"]["test"]["documents"] == 3
+    config = spacy.util.load_config(project / "training" / "genia" / "model-best" / "config.cfg")
+    component = config["components"]["luke_ner"]
+    assert component["gold_spans_key"] == component["nested_spans_key"] == "genia"
+    metrics = json.loads((project / "metrics" / "genia_test.json").read_text())
+    assert {"spans_genia_p", "spans_genia_r", "spans_genia_f", "ents_f"} <= set(metrics)
+    for name in ("genia_test_nested.json", "genia_test_flat.json"):
+        score = json.loads((project / "metrics" / name).read_text())
+        assert score["gold"] == counts["counts"]["test"]["entities"]
+        assert score["inner"]["gold"] == counts["counts"]["test"]["inner"] > 0

@@ -16,6 +16,8 @@ import spacy
 from conftest import make_nlp
 from spacy import util
 
+from luke_spacy import NerSettings
+
 TEXTS = [
     "She met Barack Obama in Paris !",
     "Beyoncé lives in Los Angeles . EU rejects German call to boycott British lamb .",
@@ -196,7 +198,8 @@ SAVED_BY_94AFFBC = Path(__file__).resolve().parent / "data" / "pipeline-94affbc"
 def test_a_pipeline_saved_by_an_earlier_version_loads_unchanged(tmp_path, no_network):
     """A pipeline folder that luke_spacy 94affbc wrote (tests/data/README.md), whose config
     names a checkpoint folder that is gone, loads offline and gives the entities and scores
-    that version gave; saving it again writes the same cfg and checkpoint files."""
+    that version gave; saving it again writes the same cfg (plus the settings added since,
+    at their defaults) and checkpoint files."""
     expected = json.loads((SAVED_BY_94AFFBC / "expected.json").read_text(encoding="utf8"))
     saved = SAVED_BY_94AFFBC / "pipeline"
     nlp = spacy.load(saved)
@@ -209,7 +212,10 @@ def test_a_pipeline_saved_by_an_earlier_version_loads_unchanged(tmp_path, no_net
     assert sum(map(len, expected["entities"])) > 20
     nlp.to_disk(tmp_path / "again")
     old, new = saved / "luke_ner", tmp_path / "again" / "luke_ner"
-    assert json.loads((new / "cfg").read_text()) == json.loads((old / "cfg").read_text())
+    written, before = (json.loads((p / "cfg").read_text()) for p in (new, old))
+    assert {key: written[key] for key in before} == before
+    added = {key: written[key] for key in written if key not in before}
+    assert added == {key: value for key, value in NerSettings().to_dict().items() if key in added}
     names = [sorted(p.name for p in (folder / "model").iterdir()) for folder in (old, new)]
     assert names[0] == names[1] and "model.safetensors" in names[0]
 

@@ -31,6 +31,18 @@ BAD = [
     ({"threshold": 1.5}, "threshold"),
     ({"threshold": -0.1}, "threshold"),
     ({"threshold": "high"}, "threshold"),
+    ({"threshold": {"PER": 1.5}}, "threshold"),
+    ({"threshold": {"PER": "high"}}, "threshold"),
+    ({"threshold": {"PER": True}}, "threshold"),
+    ({"threshold": {1: 0.5}}, "threshold"),
+    ({"temperature": 0}, "temperature"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"nil_veto": False}, "nil_veto"),
+    ({"nested_spans_key": ""}, "nested_spans_key"),
+    ({"nested_spans_key": "luke_ner"}, "nested_spans_key"),
+    ({"gold_spans_key": 3}, "gold_spans_key"),
 ]
 
 
@@ -164,3 +176,14 @@ def test_spacy_train_reports_out_of_range_settings_without_a_traceback(tmp_path)
     assert "✘ Config error for 'luke_ner'" in output
     assert "luke_ner -> max_mention_length\t(1000) cannot exceed max_length (510)" in output
     assert "luke_ner -> threshold\tmust be between 0.0 and 1.0, got -1" in output
+
+
+def test_a_threshold_table_is_kept_as_a_copy():
+    table = {"PER": 1, "LOC": 0.25}
+    settings = NerSettings(threshold=table)
+    table["PER"] = 0.0
+    assert settings.threshold == {"LOC": 0.25, "PER": 1.0}
+    assert isinstance(settings.threshold["PER"], float)
+    # with nil_veto off, a table is checked against the model's labels at decoding
+    assert NerSettings(threshold={"PER": 0.5}, nil_veto=False).nil_veto is False
+    assert NerSettings(threshold=0.3, nil_veto=False).threshold == 0.3
