@@ -29,7 +29,7 @@ from .isolation import run_isolated
 from .packaging import record_requirements
 from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
-from .settings import Attention, Context, DType, NerSettings, config_defaults
+from .settings import Attention, BackendName, Context, DType, NerSettings, config_defaults
 from .training import Coverage, coverage, gold_doc, gold_entities, span_loss, span_targets
 
 # The settings' defaults come from NerSettings; the model's are those of
@@ -74,6 +74,8 @@ def make_luke_ner(
     threshold: float,
     spans_key: Optional[str],
     set_trf_data: bool,
+    backend: BackendName,
+    onnx_path: Optional[str],
     scorer: Optional[Callable],
 ) -> "LukeEntityRecognizer":
     """Construct a LUKE span-classification entity recognizer.
@@ -203,7 +205,11 @@ class LukeEntityRecognizer(TrainablePipe):
         runtime.load(labels=None if labels is None else list(labels))
         if nlp is not None:
             # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
-            record_requirements(nlp.meta, [type(runtime.tokenizer).__name__])
+            record_requirements(
+                nlp.meta,
+                [type(runtime.tokenizer).__name__],
+                extras=["onnx"] if self.settings.backend == "onnxruntime" else [],
+            )
         if labels is None or not examples:
             return
         report = Coverage()

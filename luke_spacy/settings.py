@@ -12,6 +12,7 @@ from .encoding import RecipeSettings
 Context = Literal["document", "sentence"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attention = Literal["eager", "sdpa"]
+BackendName = Literal["torch", "onnxruntime"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class NerSettings:
         entity; 0.0 is the recipe (every span whose best label is not no-entity).
     spans_key (Optional[str]): Key of `doc.spans` for the scored entities, None for none.
     set_trf_data (bool): Store LUKE's word representations in `doc._.trf_data`.
+    backend (str): What runs the forward pass: "torch" (exact, trains) or "onnxruntime"
+        (inference only; needs luke-spacy[onnx]).
+    onnx_path (Optional[str]): With backend "onnxruntime": a folder written by
+        `luke-spacy export-onnx` (e.g. int8); None exports the checkpoint on first use and
+        caches the export. A saved pipeline's own export takes precedence.
     """
 
     max_mention_length: int = 16
@@ -51,6 +57,8 @@ class NerSettings:
     threshold: float = 0.0
     spans_key: Optional[str] = "luke_ner"
     set_trf_data: bool = False
+    backend: BackendName = "torch"
+    onnx_path: Optional[str] = None
 
     def __post_init__(self) -> None:
         for key in ("max_mention_length", "max_entity_length", "max_length", "max_batch_items"):
@@ -68,12 +76,19 @@ class NerSettings:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"luke_ner: threshold must be between 0.0 and 1.0, got {threshold!r}.")
         # spaCy checks these through the factory's Literal types; Python callers get the same.
-        for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
+        for key, choices in (
+            ("context", Context),
+            ("dtype", DType),
+            ("attention", Attention),
+            ("backend", BackendName),
+        ):
             allowed = get_args(choices)
             if getattr(self, key) not in allowed:
                 raise ValueError(
                     f"luke_ner: {key} must be one of {allowed}, got {getattr(self, key)!r}."
                 )
+        if self.onnx_path is not None and not isinstance(self.onnx_path, str):
+            raise ValueError(f"luke_ner: onnx_path must be a path or null, got {self.onnx_path!r}.")
 
     @property
     def recipe(self) -> RecipeSettings:
