@@ -22,6 +22,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from luke_spacy import onnx_backend, onnx_graph  # noqa: E402
+from luke_spacy.attention import is_entity_aware_attention_fused  # noqa: E402
 from luke_spacy.cli import main  # noqa: E402
 from luke_spacy.errors import CheckpointError  # noqa: E402
 from luke_spacy.model import LukeSpanScorer, load_checkpoint  # noqa: E402
@@ -115,7 +116,8 @@ def test_export_reproduces_torch_on_other_shapes(tiny_luke, tmp_path, attention)
         assert logits.shape == expected.shape
         numpy.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
         numpy.testing.assert_allclose(states, words.numpy(), atol=1e-4)
-    # the model is given back as it was: fused attention, the whole entity table
+    # the model is given back as it was: transformers' attention, the whole entity table
+    assert not is_entity_aware_attention_fused(objects.transformer)
     assert objects.transformer.luke.entity_embeddings.entity_embeddings.num_embeddings == 4
 
 
