@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -154,7 +155,7 @@ def quantize_export(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".quantize-") as tmp:
         quantized = Path(tmp) / GRAPH_NAME
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 source / GRAPH_NAME,
@@ -203,6 +204,21 @@ def state_fingerprint(scorer: torch.nn.Module, tokenizer: Any) -> str:
         digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
         digest.update(data.view(torch.uint8).numpy())
     return "memory:sha256:" + digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer advises pre-processing on the root logger, installing a
+    handler there first; it runs shape inference itself, all the linear layers need."""
+    root = logging.getLogger()
+    handler, level = logging.NullHandler(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @contextlib.contextmanager

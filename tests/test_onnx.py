@@ -491,3 +491,41 @@ def test_cli_exports_a_saved_pipeline(tiny_luke, tmp_path, capsys):
     )
     manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
     assert manifest["source"]["name"] == str(tmp_path / "pipeline" / "second" / "model")
+
+
+# -- every CoNLL-2003 test sentence (slow) --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_onnxruntime_equals_torch_on_every_conll_test_sentence(tiny_luke_real_bpe):
+    """Float32 ONNX Runtime against the torch backend (the default: fp32, fused attention)
+    on all 3,453 CoNLL-2003 test sentences, with the file's sentence boundaries: identical
+    entities in every sentence, every candidate span's logits within 1e-4."""
+    from conftest import shared_path
+
+    from luke_spacy.conll import read_conll, words_doc
+
+    documents = [
+        [s.words for s in doc.sentences]
+        for doc in read_conll(shared_path("conll2003", "eng.testb"))
+    ]
+    assert sum(len(d) for d in documents) == 3453
+    torch_nlp = make_nlp(tiny_luke_real_bpe)
+    ort_nlp = make_nlp(tiny_luke_real_bpe, backend="onnxruntime")
+    expected = list(torch_nlp.pipe(words_doc(torch_nlp.vocab, d) for d in documents))
+    got = list(ort_nlp.pipe(words_doc(ort_nlp.vocab, d) for d in documents))
+    differing = [
+        (i, sent.start)
+        for i, (a, b) in enumerate(zip(expected, got))
+        for sent in a.sents
+        if [(e.start, e.end, e.label_) for e in a.ents if sent.start <= e.start < sent.end]
+        != [(e.start, e.end, e.label_) for e in b.ents if sent.start <= e.start < sent.end]
+    ]
+    assert sum(len(doc.ents) for doc in expected) > 1000, "the test should bite"
+    assert not differing, f"{len(differing)} of 3453 sentences differ, e.g. {differing[:3]}"
+    first = [words_doc(torch_nlp.vocab, d) for d in documents[:20]]
+    for a, b in zip(
+        torch_nlp.get_pipe("luke_ner").span_scores(first),
+        ort_nlp.get_pipe("luke_ner").span_scores(first),
+    ):
+        numpy.testing.assert_allclose(b.logits, a.logits, atol=1e-4)
