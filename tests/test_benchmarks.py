@@ -51,7 +51,8 @@ def test_speed(tiny_luke_real_bpe, conll_test, tmp_path):
         BENCHMARKS / "speed.py",
         *("--model", str(tiny_luke_real_bpe), "--conll", str(conll_test), "--max-docs", "1"),
         *("--modes", "exact", "exact+sdpa", "ort", "ort-int8", "--threads", "1"),
-        *("--onnx-dir", str(tmp_path / "onnx"), "--rounds", "2", "--out", str(out)),
+        *("--onnx-dir", str(tmp_path / "onnx"), "--rounds", "2", "--baseline-rounds", "1"),
+        *("--out", str(out)),
         out=out,
     )
     results = report["results"]
@@ -66,6 +67,9 @@ def test_speed(tiny_luke_real_bpe, conll_test, tmp_path):
     assert results["ours:ort-int8"]["x_reference_median"] > 0
     assert report["onnx_exports"]["int8"]["manifest"]["precision"] == "int8"
     assert len(report["environment"]["loadavg_rounds"]) == 2
+    assert len(results["B1"]["seconds_all_rounds"]) == 1
+    assert len(results["ours:ort"]["seconds_all_rounds"]) == 2
+    assert report["logits_check"]["ours:ort"]["spans"] > 100
 
 
 def test_onnx_accuracy(tiny_luke_real_bpe, conll_test, tmp_path):
