@@ -39,13 +39,17 @@ Entity = Tuple[int, int, str]  # word start, word end (exclusive) within the sen
 # behind, so the printed results read as before.
 progress = functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, leave=False)
 
-MODES = ("exact", "exact+sdpa", "bf16", "bf16+sdpa")
+MODES = ("exact", "exact+sdpa", "bf16", "bf16+sdpa", "ort", "ort-int8")
 MODE_SETTINGS: Dict[str, Dict[str, str]] = {
     "exact": {"dtype": "float32", "attention": "eager"},
     "exact+sdpa": {"dtype": "float32", "attention": "sdpa"},
     "bf16": {"dtype": "bfloat16", "attention": "eager"},
     "bf16+sdpa": {"dtype": "bfloat16", "attention": "sdpa"},
+    # The onnxruntime backend on an export of the model (`onnx_export`), float32 or int8.
+    "ort": {"backend": "onnxruntime"},
+    "ort-int8": {"backend": "onnxruntime"},
 }
+ONNX_PRECISION = {"ort": "float32", "ort-int8": "int8"}
 
 
 def read_conll(path: str | Path, max_docs: Optional[int] = None) -> List[Document]:
@@ -86,12 +90,42 @@ def greedy(
     return {(start, end, labels[label_id]) for (start, end), label_id, _ in found}
 
 
-def load_pipeline(model_dir: str, mode: str, device: str, max_batch_items: Optional[int] = None):
-    """A blank English pipeline with `luke_ner` in the given mode, initialized."""
+def onnx_export(model_dir: str, onnx_dir: str | Path, precision: str) -> Dict[str, Any]:
+    """The ONNX export of a model in `onnx_dir/<precision>`, written on first use (int8 from
+    the float32 export); its folder, manifest and the seconds the export took here."""
+    from luke_spacy.onnx_export import export_onnx
+
+    folder = Path(onnx_dir) / precision
+    seconds = None
+    if not (folder / "onnx.json").is_file():
+        start = time.perf_counter()
+        if precision == "float32":
+            export_onnx(model_dir, folder)
+        else:
+            float32 = onnx_export(model_dir, onnx_dir, "float32")["folder"]
+            export_onnx(float32, folder, quantize="int8")
+        seconds = round(time.perf_counter() - start, 1)
+    manifest = json.loads((folder / "onnx.json").read_text())
+    return {"folder": str(folder), "manifest": manifest, "seconds_here": seconds}
+
+
+def load_pipeline(
+    model_dir: str,
+    mode: str,
+    device: str,
+    max_batch_items: Optional[int] = None,
+    onnx_dir: Optional[str] = None,
+):
+    """A blank English pipeline with `luke_ner` in the given mode, initialized. The ONNX
+    modes run the export in `onnx_dir` (written there on first use)."""
     import spacy
 
     config: Dict[str, Any] = {"model": {"name": model_dir}, "device": device}
     config.update(MODE_SETTINGS[mode])
+    if mode in ONNX_PRECISION:
+        if onnx_dir is None:
+            raise ValueError(f"mode {mode} needs an --onnx-dir for its export")
+        config["onnx_path"] = onnx_export(model_dir, onnx_dir, ONNX_PRECISION[mode])["folder"]
     if max_batch_items is not None:
         config["max_batch_items"] = max_batch_items
     nlp = spacy.blank("en")
@@ -114,6 +148,11 @@ def scorer_of(nlp: Any) -> Any:
     from luke_spacy.model import get_scorer
 
     return get_scorer(component(nlp).model)
+
+
+def config_of(nlp: Any) -> Any:
+    """The checkpoint config of the pipeline's luke_ner, whatever its backend."""
+    return component(nlp).runtime.backend.config
 
 
 def load_hf(model_dir: str, device: str):
@@ -397,6 +436,12 @@ def environment(device: str, threads: int) -> Dict[str, Any]:
     }
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(ImportError):
+        import onnx
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+        env["onnx"] = onnx.__version__
     with contextlib.suppress(OSError):
         env["loadavg_start"] = os.getloadavg()
     return env

@@ -14,11 +14,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 from common import write_json
-from spacy.tokens import DocBin
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
 from luke_spacy.conll import unannotated
@@ -38,6 +39,31 @@ def parse_settings(pairs: Sequence[str]) -> Dict[str, Any]:
     return settings
 
 
+def evaluate(
+    pipeline: str, docbin: Path, settings: Dict[str, Any], component: str = "luke_ner"
+) -> Tuple[Dict[str, Any], List[Doc]]:
+    """Scores (as `spacy evaluate` gives them) and the predicted Docs of a pipeline with some
+    of its component's settings overridden at load time."""
+    nlp = spacy.load(pipeline, config={"components": {component: settings}})
+    refs = list(DocBin().from_disk(docbin).get_docs(nlp.vocab))
+    start = time.perf_counter()
+    predicted = list(nlp.pipe(unannotated(ref) for ref in refs))
+    # What nlp.evaluate does after running the pipeline, keeping the Docs.
+    scores = Scorer(nlp).score([Example(doc, ref) for doc, ref in zip(predicted, refs)])
+    seconds = time.perf_counter() - start
+    result = {
+        "pipeline": pipeline,
+        "docbin": str(docbin),
+        "settings": settings,
+        "p": scores["ents_p"],
+        "r": scores["ents_r"],
+        "f": scores["ents_f"],
+        "per_type": scores["ents_per_type"],
+        "seconds": seconds,
+    }
+    return result, predicted
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline")
@@ -47,21 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", help="write the scores here as JSON")
     args = parser.parse_args(argv)
     settings = parse_settings(args.set)
-    nlp = spacy.load(args.pipeline, config={"components": {args.component: settings}})
-    refs = list(DocBin().from_disk(args.docbin).get_docs(nlp.vocab))
-    start = time.perf_counter()
-    scores = nlp.evaluate([Example(unannotated(ref), ref) for ref in refs])
-    seconds = time.perf_counter() - start
-    result = {
-        "pipeline": args.pipeline,
-        "docbin": str(args.docbin),
-        "settings": settings,
-        "p": scores["ents_p"],
-        "r": scores["ents_r"],
-        "f": scores["ents_f"],
-        "per_type": scores["ents_per_type"],
-        "seconds": seconds,
-    }
+    result, _ = evaluate(args.pipeline, args.docbin, settings, args.component)
     print(f"{settings}: P {result['p']:.4f}  R {result['r']:.4f}  F {result['f']:.4f}")
     write_json(args.out, result)
     return 0

@@ -5,6 +5,8 @@ and memory over a stream of Docs with fresh vocabulary.
         [--chars 100000 1000000] [--sentences file|none] [--mode exact+sdpa] [--device cpu]
     python benchmarks/memory.py --model DIR --stream-docs 5000 --out FILE.json \
         [--words-per-doc 20] [--cache-sizes 50000 1000000000]
+    python benchmarks/memory.py --model DIR --conll FILE --chars 20000 --out FILE.json \
+        --modes exact+sdpa ort ort-int8 --onnx-dir DIR
 
 Each Doc size is measured in a fresh process: the pipeline is loaded and warmed up, the Doc
 is built (from the CoNLL words repeated, with the file's sentence boundaries or none, in
@@ -23,6 +25,11 @@ reset (`/proc/self/clear_refs`) and `nlp.pipe([doc])` runs. Reported per size:
 The verdict compares the growth of pipe_peak_extra between the two sizes with the growth of
 what the pipe writes to the Doc (its entities): scoring must not hold anything that grows
 with the Doc.
+
+With `--modes`, each mode (torch, or the onnxruntime backend on the float32 or int8 export
+in `--onnx-dir`) runs in a fresh process on one Doc of the first `--chars` size, and the peak
+RSS is reported both over the process's life (loading included: `process_peak_rss_mib`) and
+during the pipe (`peak_rss_mib`), with the RSS once loaded.
 
 With `--stream-docs N`, each word cache size of `--cache-sizes` gets a fresh process that
 streams N Docs of `--words-per-doc` new random words each (every word a type not seen before,
@@ -71,6 +78,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default="exact+sdpa",
         help="component mode (exact+sdpa by default: the same memory plan, faster on CPU)",
     )
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        default=None,
+        choices=sorted(MODE_SETTINGS),
+        help="compare these modes (e.g. exact+sdpa ort ort-int8) on the first --chars size, "
+        "one fresh process each: peak RSS with loading, and of the pipe",
+    )
+    parser.add_argument("--onnx-dir", default=None, help="ONNX exports (modes ort, ort-int8)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch-items", type=int, default=None)
@@ -124,11 +140,14 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the onnxruntime backend's threads
     n_chars = args.chars[0]
     documents = read_conll(args.conll)
-    nlp = load_pipeline(args.model, args.mode, args.device, args.max_batch_items)
+    nlp = load_pipeline(args.model, args.mode, args.device, args.max_batch_items, args.onnx_dir)
     pipe = component(nlp)
     list(nlp.pipe([build_doc(nlp.vocab, documents[:1], 2000, True)]))
+    # Loading and the first Doc, before the kernel's peak is reset for the pipe.
+    load_peak, rss_loaded = rss_kib("VmHWM"), rss_kib()
     doc = build_doc(nlp.vocab, documents, n_chars, args.sentences == "file")
     doc_bytes_before = len(doc.to_bytes())
 
@@ -169,6 +188,9 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
         "passes": counts["passes"],
         "candidate_spans": counts["spans"],
         "seconds": round(seconds, 2),
+        "load_peak_rss_mib": round(load_peak / 1024, 1),
+        "rss_loaded_mib": round(rss_loaded / 1024, 1),
+        "process_peak_rss_mib": round(max(load_peak, peak) / 1024, 1),
         "rss_before_mib": round(rss_before / 1024, 1),
         "peak_rss_mib": round(peak / 1024, 1),
         "pipe_peak_extra_mib": round((peak - rss_before) / 1024, 1),
@@ -307,6 +329,30 @@ def stream(args: argparse.Namespace) -> Dict[str, Any]:
     return {"settings": vars(args), "stream_runs": runs, "verdict": verdict}
 
 
+def compare_modes(args: argparse.Namespace) -> Dict[str, Any]:
+    """One fresh process per mode on one Doc of the first --chars size: peak RSS with the
+    pipeline's loading (the process's whole life) and during the pipe, per mode."""
+    runs: Dict[str, Any] = {}
+    for mode in args.modes:
+        argv = ["--model", args.model, "--conll", args.conll, "--chars", str(args.chars[0])]
+        argv += ["--sentences", args.sentences, "--mode", mode, "--device", args.device]
+        argv += ["--threads", str(args.threads)]
+        if args.onnx_dir is not None:
+            argv += ["--onnx-dir", args.onnx_dir]
+        if args.max_batch_items is not None:
+            argv += ["--max-batch-items", str(args.max_batch_items)]
+        runs[mode] = run_child(argv)
+        print(mode, json.dumps(runs[mode]), flush=True)
+    keys = ("process_peak_rss_mib", "load_peak_rss_mib", "rss_loaded_mib", "peak_rss_mib")
+    table = {
+        mode: {key: run[key] for key in (*keys, "seconds", "entities")}
+        for mode, run in runs.items()
+    }
+    for mode, row in table.items():
+        print(f"{mode:<12} " + " ".join(f"{key} {row[key]}" for key in keys), flush=True)
+    return {"settings": vars(args), "modes": table, "runs": runs}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.child:
@@ -315,6 +361,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         return {}
     if args.stream_docs:
         out = stream(args)
+        write_json(args.out, out)
+        return out
+    if args.modes:
+        out = compare_modes(args)
         write_json(args.out, out)
         return out
     runs: List[Dict[str, Any]] = []
@@ -337,6 +387,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         ]
         if args.max_batch_items is not None:
             argv += ["--max-batch-items", str(args.max_batch_items)]
+        if args.onnx_dir is not None:
+            argv += ["--onnx-dir", args.onnx_dir]
         if args.tracemalloc:
             argv.append("--tracemalloc")
         run = run_child(argv)

@@ -9,13 +9,18 @@
   span)`, one forward per sentence, no document context (`--b2-max-span-words` caps the span
   length in words; by default every span i <= j of the sentence is classified, with no limit:
   CoNLL sentences fit the 512-token input, and the entity count only costs time).
-* ours: `nlp.pipe` with `luke_ner` in each mode: exact (fp32, eager attention, the default),
-  exact+sdpa (fp32, fused entity-aware attention), bf16 / bf16+sdpa (autocast; meant for GPU).
+* ours: `nlp.pipe` with `luke_ner` in each mode: exact (fp32, eager attention), exact+sdpa
+  (fp32, fused entity-aware attention: the component's default), bf16 / bf16+sdpa (autocast;
+  meant for GPU), ort / ort-int8 (backend = "onnxruntime" on the model's float32 or int8 ONNX
+  export, written into `--onnx-dir` on first use; ONNX Runtime gets `--threads` threads too).
 
 All models are loaded first and each method runs once on a small warm-up Doc (untimed). The
 methods then run in turn, `--rounds` times (interleaved, so a shared machine's load hits them
-alike); each method's best round is reported, all rounds are kept in the JSON. Docs are
-built one per CoNLL document with the file's sentence boundaries. Reported per method:
+alike); each method's best round is reported, all rounds are kept in the JSON, and so are the
+medians: words/s and the speed-up over `--reference` (default ours:exact+sdpa, torch exact)
+from the median rounds, with the load average before and after each round. For the ONNX
+modes, the largest logit difference to the reference over every pass of the first round.
+Docs are built one per CoNLL document with the file's sentence boundaries. Reported per method:
 seconds (wall and process CPU time), words/s, docs/s, forward passes, speed-up over B1 and B2,
 and agreement of the entities with B1 per sentence; the forward FLOPs counted from shapes,
 TFLOP/s, and their share of the device's measured matmul throughput in the method's dtype
@@ -45,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     MODES,
+    ONNX_PRECISION,
     Flops,
     PeakMemory,
     Timer,
@@ -52,14 +58,15 @@ from common import (  # noqa: E402
     b1_predict,
     b2_predict,
     component,
+    config_of,
     entities_by_sentence,
     environment,
     gemm_tflops,
     load_hf,
     load_pipeline,
+    onnx_export,
     progress,
     read_conll,
-    scorer_of,
     write_json,
 )
 
@@ -82,7 +89,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines", nargs="*", default=["B1", "B2"], choices=["B1", "B2"], help="baselines"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch/ONNX Runtime threads")
+    parser.add_argument(
+        "--onnx-dir", default=None, help="ONNX exports of the model (modes ort, ort-int8)"
+    )
+    parser.add_argument(
+        "--reference", default="ours:exact+sdpa", help="method of the x_reference ratios"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--peak-tflops",
@@ -92,6 +105,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "give the card's own (e.g. 790 where an H200 was measured at that)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
+    parser.add_argument(
+        "--baseline-rounds",
+        type=int,
+        default=None,
+        help="run the baselines in the first N rounds only (default: every round)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="nlp.pipe batch_size")
     parser.add_argument("--max-batch-items", type=int, default=None, help="component setting")
     parser.add_argument(
@@ -129,25 +148,42 @@ def warmup_document(documents, n_words: int):
 Run = Callable[[List[Any], Optional[Flops]], Tuple[List[Any], int, Dict[str, Any]]]
 
 
-def ours_method(nlp, batch_size: int) -> Run:
-    """`nlp.pipe` over fresh Docs; counts passes and forward batches (`on_batch` hook)."""
+def ours_method(nlp, batch_size: int, logits: Optional[Dict[Any, Any]] = None) -> Run:
+    """`nlp.pipe` over fresh Docs; counts passes and forward batches (`on_batch` hook). In the
+    first timed round (the one counting FLOPs), every pass's span logits go into `logits`."""
 
     def run(documents, flops):
         docs = [words_doc(nlp.vocab, d) for d in documents]
         batches: List[Tuple[int, int]] = []
+        runtime = component(nlp).runtime
+        pending: List[Any] = []
+        capture = logits is not None and flops is not None
 
         def count(batch_passes):
+            pending[:] = batch_passes
             rows = len(batch_passes)
             width = max(p.length for p in batch_passes) + max(len(p.spans) for p in batch_passes)
             batches.append((rows, width))
             if flops is not None:
                 flops.add_batch(rows, width, [p.length + len(p.spans) for p in batch_passes])
 
-        component(nlp).runtime.on_batch = count
+        def predict(inputs, want_words):
+            out, words = type(runtime.backend).predict(runtime.backend, inputs, want_words)
+            for row, p in enumerate(pending):
+                logits[(p.doc, p.sentence, p.window, tuple(map(tuple, p.spans)))] = out[
+                    row, : len(p.spans)
+                ].copy()
+            return out, words
+
+        runtime.on_batch = count
+        if capture:
+            runtime.backend.predict = predict
         try:
             done = list(progress(nlp.pipe(docs, batch_size=batch_size), total=len(docs)))
         finally:
-            component(nlp).runtime.on_batch = None
+            runtime.on_batch = None
+            if capture:
+                del runtime.backend.predict
         entities = [entities_by_sentence(doc, d) for doc, d in zip(done, documents)]
         extra = {
             "forward_batches": len(batches),
@@ -198,6 +234,8 @@ def flops_row(
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # The onnxruntime backend sizes its thread pool by OMP_NUM_THREADS.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     device = args.device
     cuda = device.startswith("cuda")
     modes = args.modes
@@ -241,11 +279,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if "B2" in args.baselines:
             methods["B2"] = b2_method(tokenizer, model, device, args.b2_max_span_words)
             configs["B2"] = model.config
+    pipelines: Dict[str, Any] = {}
+    captured: Dict[str, Dict[Any, Any]] = {}
     for mode in modes:
-        nlp = load_pipeline(args.model, mode, device, args.max_batch_items)
+        nlp = load_pipeline(args.model, mode, device, args.max_batch_items, args.onnx_dir)
         name = f"ours:{mode}"
-        methods[name] = ours_method(nlp, args.batch_size)
-        configs[name] = scorer_of(nlp).hf.config
+        pipelines[name] = nlp
+        captured[name] = {}
+        methods[name] = ours_method(nlp, args.batch_size, captured[name])
+        configs[name] = config_of(nlp)
         if mode.startswith("bf16") and not cuda:
             notes[name] = {"note": "autocast bfloat16 on CPU"}
     for run in methods.values():
@@ -257,11 +299,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     }
     out["environment"]["gemm_tflops"] = {k: round(v, 4) for k, v in gemm.items()}
 
+    if args.onnx_dir and any(mode in ONNX_PRECISION for mode in modes):
+        out["onnx_exports"] = {
+            precision: onnx_export(args.model, args.onnx_dir, precision)
+            for mode, precision in ONNX_PRECISION.items()
+            if mode in modes
+        }
+    loads: List[Dict[str, Any]] = []
     walls: Dict[str, List[float]] = {name: [] for name in methods}
     cpus: Dict[str, List[float]] = {name: [] for name in methods}
     first: Dict[str, Tuple[List[Any], int, Dict[str, Any], Optional[Flops]]] = {}
     for round_index in range(args.rounds):
+        load_before = _loadavg()
         for name, run in methods.items():
+            if name in ("B1", "B2") and round_index >= (args.baseline_rounds or args.rounds):
+                continue
             flops = Flops.of(configs[name]) if round_index == 0 else None
             timer, memory = Timer(device), PeakMemory(device)
             with memory(), timer():
@@ -275,8 +327,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 f"(cpu {timer.cpu:.2f} s)",
                 flush=True,
             )
+        loads.append({"round": round_index + 1, "before": load_before, "after": _loadavg()})
+    out["environment"]["loadavg_rounds"] = loads
 
     results: Dict[str, Any] = out["results"]
+    reference = args.reference if args.reference in walls else None
     b1 = first.get("B1")
     for name in methods:
         entities, passes, extra, flops = first[name]
@@ -297,6 +352,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             row["agreement_with_B1"] = agreement(b1[0], entities)
         if "B2" in walls and name.startswith("ours:"):
             row["x_B2"] = round(min(walls["B2"]) / wall, 3)
+        median = statistics.median(walls[name])
+        row["words_per_s_median"] = round(n_words / median, 2)
+        if reference is not None:
+            row["x_reference_median"] = round(statistics.median(walls[reference]) / median, 3)
+            if name != reference:
+                row["agreement_with_reference"] = agreement(first[reference][0], entities)
         row.update(extra)
         row.update(notes.get(name, {}))
         row.update(
@@ -308,6 +369,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             )
         )
         results[name] = row
+    if reference is not None and reference.startswith("ours:"):
+        out["logits_check"] = logits_check(pipelines, captured, reference, results)
     out["budgets"] = run_budgets(args, documents, n_words, warm, b1[0] if b1 else None)
     with contextlib.suppress(OSError):
         out["environment"]["loadavg_end"] = os.getloadavg()
@@ -316,13 +379,47 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return out
 
 
+def logits_check(
+    pipelines: Dict[str, Any],
+    captured: Dict[str, Dict[Any, Any]],
+    reference: str,
+    results: Dict[str, Any],
+) -> Dict[str, Any]:
+    """The largest difference of every candidate span's logits (not only the decoded ones)
+    between each ONNX method and the reference, pass by pass, as the first round scored them."""
+    expected = captured[reference]
+    out: Dict[str, Any] = {"reference": reference, "passes": len(expected)}
+    for name, nlp in pipelines.items():
+        if component(nlp).settings.backend != "onnxruntime":
+            continue
+        got = captured[name]
+        if set(got) != set(expected):
+            raise RuntimeError(f"{name} ran other passes than {reference}")
+        diff = max(float(abs(got[key] - expected[key]).max()) for key in expected)
+        out[name] = {
+            "max_abs_logit_diff": diff,
+            "spans": int(sum(len(value) for value in got.values())),
+            "precision": component(nlp).runtime.backend.precision,
+        }
+        results[name]["max_abs_logit_diff_vs_reference"] = diff
+        print(f"logits {name} vs {reference}: max |diff| {diff:.3g}", flush=True)
+    return out
+
+
+def _loadavg() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run_budgets(
     args: argparse.Namespace, documents: List[Any], n_words: int, warm: List[Any], b1_entities
 ) -> Dict[str, Any]:
     """`--budget-mode` once per `--budgets` value: time, batches and peak memory."""
     out: Dict[str, Any] = {}
     for budget in args.budgets:
-        nlp = load_pipeline(args.model, args.budget_mode, args.device, budget)
+        nlp = load_pipeline(args.model, args.budget_mode, args.device, budget, args.onnx_dir)
         run = ours_method(nlp, args.batch_size)
         run(warm, None)
         timer, memory = Timer(args.device), PeakMemory(args.device)
@@ -360,7 +457,7 @@ def print_table(out: Dict[str, Any]) -> None:
     header += f" {'xB1':>6} {'xB1cpu':>6} {'xB2':>6} {'agreeB1':>8}"
     if any("tflops_per_s" in row for row in out["results"].values()):
         header += f" {'TFLOP/s':>8} {'gemm%':>6} {'peak%':>6}"
-    header += f" {'mem+MiB':>8}"
+    header += f" {'mem+MiB':>8} {'w/s med':>8} {'xref med':>8} {'agreeRef':>8}"
     print(header)
     for name, row in out["results"].items():
         agree = row.get("agreement_with_B1", {}).get("sentences_identical")
@@ -375,6 +472,9 @@ def print_table(out: Dict[str, Any]) -> None:
             peak = row.get("share_of_peak")
             line += f" {100 * peak:6.2f}" if peak is not None else "      -"
         line += f" {_fmt(row.get('peak_memory_extra_mib'), 8, 1)}"
+        agree_ref = row.get("agreement_with_reference", {}).get("sentences_identical")
+        line += f" {_fmt(row.get('words_per_s_median'), 8, 1)}"
+        line += f" {_fmt(row.get('x_reference_median'), 8)} {_fmt(agree_ref, 8, 4)}"
         print(line)
 
 

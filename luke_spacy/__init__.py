@@ -15,6 +15,7 @@ _EXPORTS = {
     "build_luke_span_classifier": "model",
     "copy_gold_sentences": "corpus",
     "create_gold_sentence_corpus": "corpus",
+    "export_onnx": "onnx_export",
     "make_luke_ner": "pipe",
 }
 __all__ = list(_EXPORTS)

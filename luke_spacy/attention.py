@@ -135,11 +135,14 @@ def _fused_forward(
         # keys to the w2e/e2e halves (see module docstring).
         key = torch.cat([F.pad(k_word, (0, d)), F.pad(k_entity, (d, 0))], dim=1)
         value = torch.cat([v_word, v_entity], dim=1)
-        if word_hidden_states.device.type != "cpu" or dropout_p == 0.0:
+        if (
+            word_hidden_states.device.type != "cpu" or dropout_p == 0.0
+        ) and not torch.onnx.is_in_onnx_export():
             # Zero-pad the values to 2d as well: flash attention needs equal
             # q/k/v head dims, else SDPA silently takes the unfused math
             # kernel (~2x slower on CPU). CPU flash has no dropout, so there
-            # the padding would only cost. Extra columns are sliced off below.
+            # the padding would only cost, as in an ONNX graph, which has no
+            # flash kernel. Extra columns are sliced off below.
             value = F.pad(value, (0, d))
     else:
         # Plain attention: words and entities (if any) share q, k and v.

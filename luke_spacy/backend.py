@@ -7,16 +7,17 @@ entity_end_positions) and hands them to its backend. Everything else, before and
 forward pass (planning, batching, decoding, what is written onto the Docs), is the same
 whatever the backend. The torch backend is `model.TorchBackend`.
 
-A second backend (e.g. ONNX Runtime) is a class with this interface; its architecture builds
-the Thinc model with `runtime.build_span_model(OtherBackend, attrs=...)`, as
-`luke_spacy.LukeSpanClassifier.v1` does with `TorchBackend`. An inference-only backend raises
-in `begin_update` and `begin_update_words`.
+A second backend is a class with this interface; an architecture builds the Thinc model with
+`runtime.build_span_model(OtherBackend, attrs=...)`, or offers several behind a
+`BackendChoice`, as `luke_spacy.LukeSpanClassifier.v1` offers "torch" (`model.TorchBackend`)
+and "onnxruntime" (`onnx_backend.OrtBackend`, inference only: it raises in `begin_update`),
+and the `backend` setting picks one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy
 
@@ -88,3 +89,50 @@ class Backend(Protocol):
         RETURNS: (rows, words, hidden) float32 word states and the callback that takes their
             gradient (same shape) and accumulates the parameter gradients.
         """
+
+
+class BackendChoice:
+    """The backends a model offers, by the names `NerSettings.backend` takes. Those given by
+    a maker are built the first time they are chosen, so an optional backend's packages are
+    imported only by the pipelines that ask for it.
+
+    built (Mapping[str, Backend]): Name -> backend.
+    makers (Mapping[str, Callable[[], Backend]]): Name -> builds that backend (picklable, as
+        pipelines are).
+    """
+
+    def __init__(
+        self,
+        built: Mapping[str, Backend],
+        makers: Optional[Mapping[str, Callable[[], Backend]]] = None,
+    ) -> None:
+        self._built: Dict[str, Backend] = dict(built)
+        self._makers = dict(makers or {})
+        self._only: Optional[Backend] = None
+
+    @classmethod
+    def only(cls, backend: Backend) -> BackendChoice:
+        """One backend, whatever the setting names (a test's or another architecture's)."""
+        choice = cls({})
+        choice._only = backend
+        return choice
+
+    def choose(self, settings: NerSettings) -> Backend:
+        """The backend `settings.backend` names, configured with the settings.
+
+        RAISES (ValueError): The model offers no such backend, or it cannot use a setting.
+        RAISES (ImportError): The backend's optional packages are not installed.
+        """
+        backend = self._only
+        if backend is None:
+            name = settings.backend
+            backend = self._built.get(name)
+            if backend is None:
+                if name not in self._makers:
+                    offered = sorted({*self._built, *self._makers})
+                    raise ValueError(
+                        f"luke_ner: this model has no {name!r} backend; it offers {offered}."
+                    )
+                backend = self._built[name] = self._makers[name]()
+        backend.configure(settings)
+        return backend

@@ -72,6 +72,12 @@ def check_folder(path: Path) -> Dict[str, List[int]]:
             "pytorch_model.bin): the copy or download is incomplete."
         )
     shapes = safetensors_shapes(path / WEIGHTS_NAME) if (path / WEIGHTS_NAME).is_file() else {}
+    check_tokenizer_files(path)
+    return shapes
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """Check that a folder has its tokenizer's files (a checkpoint, or an ONNX export)."""
     tokenizer_config = read_json(
         path / TOKENIZER_CONFIG_NAME,
         "the tokenizer settings; without it the tokenizer falls back on defaults such as "
@@ -88,7 +94,6 @@ def check_folder(path: Path) -> Dict[str, List[int]]:
         check_bpe_files(path)
     if tokenizer_class == "MLukeTokenizer" and not has_sentencepiece():
         raise CheckpointError(f"'{path}' is an mLUKE checkpoint. {SENTENCEPIECE_MISSING}")
-    return shapes
 
 
 def check_bpe_files(path: Path) -> None:

@@ -78,7 +78,7 @@ def load_pipeline(
             for error in err.errors
         )
         raise ValueError(f"cannot load {what}: invalid settings: {problems}") from err
-    except ValueError as err:
+    except (ImportError, ValueError) as err:  # ImportError: an optional extra is missing
         raise ValueError(f"cannot load {what}: {error_line(err)}") from err
     except OSError as err:
         raise OSError(f"cannot load {what}: {error_line(err)}") from err

@@ -3,6 +3,7 @@ of the model layer, and the `luke_spacy.LukeSpanClassifier.v1` architecture."""
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import threading
@@ -28,13 +29,14 @@ from thinc.api import (
 from transformers import AutoConfig, AutoTokenizer, LukeConfig, LukeForEntitySpanClassification
 
 from .attention import fuse_entity_aware_attention, unfuse_entity_aware_attention
-from .backend import Backprop, Inputs
+from .backend import Backend, BackendChoice, Backprop, Inputs
 from .checkpoint import (
     NO_ENTITY_LABELS,
     SPAN_CLASSIFIER,
     CheckpointError,
     check_folder,
     check_loaded_keys,
+    check_tokenizer_files,
     check_weight_shapes,
     labels_from_id2label,
     missing_local_folder,
@@ -243,7 +245,23 @@ def build_luke_span_classifier(
         mixed_precision=mixed_precision,
         grad_scaler_config=grad_scaler_config,
     )
-    return build_span_model(TorchBackend, attrs={"name": name, "revision": revision}, shims=[shim])
+    return build_span_model(make_backends, attrs={"name": name, "revision": revision}, shims=[shim])
+
+
+def make_backends(model: Model) -> BackendChoice:
+    """The backends of the span classifier: "torch" (the shim's checkpoint) and
+    "onnxruntime" (built when chosen; it exports from, or reads files with, the torch side)."""
+    torch_backend = TorchBackend(model)
+    return BackendChoice(
+        {"torch": torch_backend},
+        {"onnxruntime": functools.partial(_onnxruntime_backend, model, torch_backend)},
+    )
+
+
+def _onnxruntime_backend(model: Model, torch_backend: TorchBackend) -> Backend:
+    from .onnx_backend import OrtBackend
+
+    return OrtBackend(model, source=torch_backend, read_files=load_files)
 
 
 class TorchBackend:
@@ -293,6 +311,20 @@ class TorchBackend:
     @property
     def config(self) -> Any:
         return self._objects().transformer.config
+
+    @property
+    def scorer(self) -> LukeSpanScorer:
+        """The torch module of the forward pass (what an ONNX export traces)."""
+        self._objects()
+        return get_scorer(self.model)
+
+    def unload(self) -> None:
+        """Drop the loaded checkpoint (after an export, so its weights do not stay in memory
+        next to ONNX Runtime's); the next use loads it again."""
+        shim = self._shim
+        shim._hfmodel = HFObjects(None, None, None, dict(shim._hfmodel._init_tokenizer_config), {})
+        shim._model = None
+        self._prepared = None
 
     def load(self, labels: Optional[Sequence[str]] = None) -> None:
         load_weights(self.model, labels=labels)
@@ -483,13 +515,7 @@ def load_checkpoint(
         # transformers hides the cause of an incomplete folder: check its files first.
         shapes = check_folder(Path(name))
         check_weight_shapes(Path(name), shapes, config, head=labels is None)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    except Exception as err:  # any cause: transformers reports many as a missing package
-        raise CheckpointError(_tokenizer_failure(name, is_local, err)) from err
-    ids = entity_ids(tokenizer, name)
-    if is_local:
-        verify_tokenizer_settings(Path(name), tokenizer_settings(tokenizer, ids))
+    tokenizer = _load_tokenizer(name, kwargs, is_local)
     try:
         hf_model, loading_info = LukeForEntitySpanClassification.from_pretrained(
             name, config=config, output_loading_info=True, **kwargs, **head_kwargs
@@ -514,6 +540,36 @@ def load_checkpoint(
         )
     hf_model.eval()
     return HFObjects(tokenizer, hf_model, None, {"name": name, "revision": revision}, {})
+
+
+def _load_tokenizer(name: str, kwargs: Dict[str, Any], is_local: bool) -> Any:
+    """The checkpoint's tokenizer, checked against the settings it was saved with."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as err:  # any cause: transformers reports many as a missing package
+        raise CheckpointError(_tokenizer_failure(name, is_local, err)) from err
+    ids = entity_ids(tokenizer, name)
+    if is_local:
+        verify_tokenizer_settings(Path(name), tokenizer_settings(tokenizer, ids))
+    return tokenizer
+
+
+def load_files(path: Union[str, Path]) -> Tuple[Any, Any]:
+    """The tokenizer and config of a folder without weights (an ONNX export), checked as a
+    checkpoint folder's are.
+
+    path (Union[str, Path]): The folder.
+    RETURNS (Tuple[Any, LukeConfig]): The tokenizer and the config.
+    """
+    name = str(path)
+    read_config(Path(name))  # a missing config.json, named
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(_load_failure(name, err)) from err
+    check_config(name, config)
+    check_tokenizer_files(Path(name))
+    return _load_tokenizer(name, {"local_files_only": True}, True), config
 
 
 def check_config(name: str, config: Any, *, require_head: bool = True) -> None:

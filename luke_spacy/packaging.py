@@ -42,15 +42,18 @@ def luke_spacy_requirement(
     return name + get_minor_version_range(release)
 
 
-def record_requirements(meta: Dict[str, Any], tokenizer_classes: Iterable[str]) -> None:
+def record_requirements(
+    meta: Dict[str, Any], tokenizer_classes: Iterable[str], extras: Iterable[str] = ()
+) -> None:
     """Put luke-spacy's requirement (with the extras the tokenizers need) in a pipeline meta,
     in place of any other requirement on luke-spacy, whose extras are kept (one call per
     luke_ner component); for `nlp.meta`, so that `spacy package` writes it into the package.
 
     meta (Dict[str, Any]): The meta, changed in place.
     tokenizer_classes (Iterable[str]): The tokenizer class names of the pipeline's checkpoints.
+    extras (Iterable[str]): Extras the component needs besides, e.g. "onnx" for its backend.
     """
-    others, extras = [], set()
+    others, extras = [], set(extras)
     for req in meta.get("requirements", []):
         parsed = Requirement(req)
         if _canonical(parsed.name) == DISTRIBUTION:
@@ -110,16 +113,14 @@ def checkpoint_meta(
 def pipeline_checkpoints(nlp: Any) -> List[Any]:
     """(component name, checkpoint name, tokenizer class name) of each luke_ner component of
     a loaded pipeline."""
-    from .model import get_objects
-
     out = []
     for name in nlp.component_names:
         if nlp.get_pipe_meta(name).factory != "luke_ner":
             continue
-        model = nlp.get_pipe(name).model
-        objects = get_objects(model)
-        tokenizer = type(objects.tokenizer).__name__ if objects is not None else ""
-        out.append((name, str(model.attrs["name"]), tokenizer))
+        pipe = nlp.get_pipe(name)
+        runtime = pipe.runtime  # whichever backend holds the checkpoint
+        tokenizer = type(runtime.tokenizer).__name__ if runtime.is_loaded else ""
+        out.append((name, str(pipe.model.attrs["name"]), tokenizer))
     return out
 
 

@@ -59,6 +59,7 @@ from .runtime import BatchScores, LukeRuntime, get_runtime
 from .scheduling import DocEntities, DocScores, ScoredSentence
 from .settings import (
     Attention,
+    BackendName,
     Context,
     DType,
     NerSettings,
@@ -127,6 +128,8 @@ def make_luke_ner(
     nil_veto: bool,
     nested_spans_key: Optional[str],
     gold_spans_key: Optional[str],
+    backend: BackendName,
+    onnx_path: Optional[str],
     scorer: Optional[Callable],
 ) -> "LukeEntityRecognizer":
     """Construct a LUKE span-classification entity recognizer.
@@ -289,7 +292,11 @@ class LukeEntityRecognizer(TrainablePipe):
         runtime.load(labels=labels)
         if nlp is not None:
             # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
-            record_requirements(nlp.meta, [type(runtime.tokenizer).__name__])
+            record_requirements(
+                nlp.meta,
+                [type(runtime.tokenizer).__name__],
+                extras=["onnx"] if self.settings.backend == "onnxruntime" else [],
+            )
         self._initialize_listeners(nlp)
         self._unknown_labels = set()
         if labels is None or not annotated:

@@ -24,7 +24,7 @@ from spacy.pipeline import Sentencizer
 from spacy.tokens import Doc
 from thinc.api import Model
 
-from .backend import Backend, Inputs
+from .backend import Backend, BackendChoice, Inputs
 from .encoding import Pass, SpecialIds, batch_by_budget, collate
 from .listening import refuse_replacing_listeners
 from .planning import Sentences, plan_docs, sentence_ranges
@@ -77,12 +77,19 @@ class LukeRuntime:
     checkpoint changes (first use, `initialize`, `from_disk`), the window size is checked
     against its position embeddings and the word tokenizer is rebuilt.
 
-    backend (Backend): Loads the checkpoint and runs the network.
+    backend (Union[Backend, BackendChoice]): Loads the checkpoint and runs the network; with
+        a choice, the one the `backend` setting names (`self.backend`).
     settings (NerSettings): The component's settings.
     """
 
-    def __init__(self, backend: Backend, settings: Optional[NerSettings] = None) -> None:
-        self.backend = backend
+    def __init__(
+        self, backend: Union[Backend, BackendChoice], settings: Optional[NerSettings] = None
+    ) -> None:
+        if not isinstance(backend, BackendChoice):
+            backend = BackendChoice.only(backend)
+        self._backends = backend
+        # The backend the settings name (set by `configure`).
+        self.backend: Backend
         # Instrumentation: called with the passes of each forward batch before it runs.
         self.on_batch: Optional[Callable[[Sequence[Pass]], None]] = None
         self._sentencizer = Sentencizer()
@@ -109,11 +116,12 @@ class LukeRuntime:
         return self._settings
 
     def configure(self, settings: NerSettings) -> None:
-        """Use these settings from now on; the backend checks the ones that concern it.
+        """Use these settings from now on; the backend they name checks the ones that concern
+        it.
 
         settings (NerSettings): Validated on construction.
         """
-        self.backend.configure(settings)
+        self.backend = self._backends.choose(settings)
         self._settings = settings
         self._checked = None
 
@@ -367,15 +375,15 @@ class LukeRuntime:
 
 
 def build_span_model(
-    make_backend: Callable[[Model], Backend],
+    make_backend: Callable[[Model], Union[Backend, BackendChoice]],
     *,
     attrs: dict,
     shims: Sequence[Any] = (),
 ) -> Model:
     """The Docs-in Thinc model of luke_ner around a backend.
 
-    make_backend (Callable[[Model], Backend]): Builds the backend for the new model (it may
-        keep its weights in the model's shims).
+    make_backend (Callable[[Model], Union[Backend, BackendChoice]]): Builds the backend for
+        the new model (it may keep its weights in the model's shims), or the choice of them.
     attrs (dict): Serializable attributes, e.g. the checkpoint's name and revision.
     shims (Sequence[Shim]): Thinc shims holding the backend's parameters (optimizer steps
         and serialization go through them).

@@ -15,6 +15,7 @@ from .encoding import RecipeSettings
 Context = Literal["document", "sentence"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attention = Literal["eager", "sdpa"]
+BackendName = Literal["torch", "onnxruntime"]
 # The settings that count positions: each must be a positive integer.
 POSITIVE_INTEGERS = ("max_mention_length", "max_entity_length", "max_length", "max_batch_items")
 
@@ -88,6 +89,11 @@ class NerSettings:
         inside entities, scored), None for none. `doc.ents` is unchanged.
     gold_spans_key (Optional[str]): Key of the reference Docs' `doc.spans` holding nested
         gold for training (each span its own label), None to train from `doc.ents`.
+    backend (str): What runs the forward pass: "torch" (exact, trains) or "onnxruntime"
+        (inference only; needs luke-spacy[onnx]).
+    onnx_path (Optional[str]): With backend "onnxruntime": a folder written by
+        `luke-spacy export-onnx` (e.g. int8); None exports the checkpoint on first use and
+        caches the export. A saved pipeline's own export takes precedence.
     """
 
     max_mention_length: int = 16
@@ -106,6 +112,8 @@ class NerSettings:
     nil_veto: bool = True
     nested_spans_key: Optional[str] = None
     gold_spans_key: Optional[str] = None
+    backend: BackendName = "torch"
+    onnx_path: Optional[str] = None
 
     def __post_init__(self) -> None:
         problems = settings_problems(self)
@@ -153,7 +161,12 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
                 )
             )
     # spaCy checks these through the factory's Literal types; Python callers get the same.
-    for key, choices in (("context", Context), ("dtype", DType), ("attention", Attention)):
+    for key, choices in (
+        ("context", Context),
+        ("dtype", DType),
+        ("attention", Attention),
+        ("backend", BackendName),
+    ):
         allowed = get_args(choices)
         if getattr(settings, key) not in allowed:
             problems.append((key, f"must be one of {allowed}, got {getattr(settings, key)!r}"))
@@ -183,6 +196,10 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
                 "entities need doc.spans keys of their own",
             )
         )
+    if settings.onnx_path is not None and (
+        not isinstance(settings.onnx_path, str) or not settings.onnx_path
+    ):
+        problems.append(("onnx_path", f"must be a path or null, got {settings.onnx_path!r}"))
     return problems
 
 

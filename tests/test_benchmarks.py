@@ -6,6 +6,7 @@ benchmarks/gpu/ needs a CUDA device and python3.12 (see benchmarks/README.md) an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,18 +45,57 @@ def conll_test() -> Path:
 
 
 def test_speed(tiny_luke_real_bpe, conll_test, tmp_path):
+    pytest.importorskip("onnxruntime")
     out = tmp_path / "speed.json"
     report = run_script(
         BENCHMARKS / "speed.py",
         *("--model", str(tiny_luke_real_bpe), "--conll", str(conll_test), "--max-docs", "1"),
-        *("--modes", "exact", "exact+sdpa", "--threads", "1", "--out", str(out)),
+        *("--modes", "exact", "exact+sdpa", "ort", "ort-int8", "--threads", "1"),
+        *("--onnx-dir", str(tmp_path / "onnx"), "--rounds", "2", "--baseline-rounds", "1"),
+        *("--out", str(out)),
         out=out,
     )
     results = report["results"]
-    assert {"B1", "B2", "ours:exact", "ours:exact+sdpa"} <= set(results)
-    for mode in ("ours:exact", "ours:exact+sdpa"):
+    assert {"B1", "B2", "ours:exact", "ours:exact+sdpa", "ours:ort", "ours:ort-int8"} <= set(
+        results
+    )
+    for mode in ("ours:exact", "ours:exact+sdpa", "ours:ort"):
         assert results[mode]["agreement_with_B1"]["sentences_identical"] == 1.0
         assert results[mode]["words_per_s"] > 0
+    assert results["ours:ort"]["agreement_with_reference"]["sentences_identical"] == 1.0
+    assert results["ours:ort"]["max_abs_logit_diff_vs_reference"] < 1e-4
+    assert results["ours:ort-int8"]["x_reference_median"] > 0
+    assert report["onnx_exports"]["int8"]["manifest"]["precision"] == "int8"
+    assert len(report["environment"]["loadavg_rounds"]) == 2
+    assert len(results["B1"]["seconds_all_rounds"]) == 1
+    assert len(results["ours:ort"]["seconds_all_rounds"]) == 2
+    assert report["logits_check"]["ours:ort"]["spans"] > 100
+
+
+def test_onnx_accuracy(tiny_luke_real_bpe, conll_test, tmp_path):
+    pytest.importorskip("onnxruntime")
+    corpus = tmp_path / "corpus"
+    subprocess.run(
+        [sys.executable, "-m", "luke_spacy.conll", str(conll_test.parent), str(corpus)]
+        + ["--max-docs", "2"],
+        check=True,
+        capture_output=True,
+    )
+    nlp = spacy.blank("en")
+    nlp.add_pipe("luke_ner", config={"model": {"name": str(tiny_luke_real_bpe)}})
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    out = tmp_path / "accuracy.json"
+    report = run_script(
+        BENCHMARKS / "onnx_accuracy.py",
+        *(str(tmp_path / "pipeline"), str(corpus / "test.spacy")),
+        *("--onnx-dir", str(tmp_path / "onnx"), "--threads", "1", "--out", str(out)),
+        out=out,
+    )
+    results = report["results"]
+    assert results["onnxruntime float32"]["same_entities_as_torch"]["share"] == 1.0
+    assert results["onnxruntime float32"]["f_minus_torch_points"] == 0.0
+    assert results["onnxruntime int8"]["same_entities_as_onnxruntime_float32"]["sentences"] > 10
 
 
 def test_paired(tiny_luke_real_bpe, conll_test, tmp_path):
@@ -88,6 +128,19 @@ def test_memory_long_docs_and_stream(tiny_luke_real_bpe, conll_test, tmp_path):
         out=out,
     )
     assert report["verdict"]["100"]["cached_types_at_end"] <= 100
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    out = tmp_path / "backends.json"
+    report = run_script(
+        BENCHMARKS / "memory.py",
+        *("--model", str(tiny_luke_real_bpe), "--conll", str(conll_test), "--chars", "2000"),
+        *("--modes", "exact+sdpa", "ort", "--onnx-dir", str(tmp_path / "onnx")),
+        *("--threads", "1", "--out", str(out)),
+        out=out,
+    )
+    for mode in ("exact+sdpa", "ort"):
+        row = report["modes"][mode]
+        assert row["process_peak_rss_mib"] >= row["peak_rss_mib"] > 0
 
 
 def test_tokenization(tiny_luke_real_bpe, tmp_path):

@@ -103,7 +103,18 @@ def test_the_recipe_imports_neither_torch_nor_spacy(module):
 
 
 @pytest.mark.parametrize(
-    "module", ["pipe", "runtime", "planning", "scheduling", "backend", "settings", "training"]
+    "module",
+    [
+        "pipe",
+        "runtime",
+        "planning",
+        "scheduling",
+        "backend",
+        "settings",
+        "training",
+        "onnx_backend",
+        "onnx_files",
+    ],
 )
 def test_only_the_torch_backend_imports_torch(module):
     assert "torch" not in imported(parsed()[module])

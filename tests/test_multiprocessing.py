@@ -28,11 +28,11 @@ import json, multiprocessing, sys
 import spacy, torch
 
 if __name__ == "__main__":
-    model, method, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model, method, threads, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     multiprocessing.set_start_method(method, force=True)
     torch.set_num_threads(threads)
     nlp = spacy.blank("en")
-    nlp.add_pipe("luke_ner", config={"model": {"name": model}})
+    nlp.add_pipe("luke_ner", config={"model": {"name": model}, "backend": backend})
     nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
     texts = json.loads(sys.stdin.read())
     docs = nlp.pipe(texts, n_process=2, batch_size=2)
@@ -64,17 +64,22 @@ def test_pickled_pipeline_predicts_identically(tiny_luke):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method):
+def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method, backend):
     """Two torch threads in the parent, one call there, then two workers: under fork the
-    workers used to hang in libgomp, under spawn they died unpickling the pipeline."""
+    workers used to hang in libgomp, under spawn they died unpickling the pipeline. ONNX
+    Runtime's session does not survive a fork either, nor pickle."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env["LUKE_SPACY_CACHE"] = str(tmp_path / "cache")
     env.pop("OMP_NUM_THREADS", None)
     try:
         proc = subprocess.run(
-            [sys.executable, str(script), str(tiny_luke), method, "2"],
+            [sys.executable, str(script), str(tiny_luke), method, "2", backend],
             input=json.dumps(TEXTS),
             capture_output=True,
             text=True,
