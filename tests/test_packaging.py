@@ -90,6 +90,7 @@ def test_checkpoint_meta_of_a_hub_checkpoint():
     assert [req.split(">=")[0] for req in meta["requirements"]] == ["luke-spacy"]
 
 
+@pytest.mark.slow
 def test_package_step_of_an_mluke_pipeline_requires_the_extra(mluke_pipeline, tiny_mluke, tmp_path):
     """The project's package step: the meta of the package written by `spacy package`."""
     package = package_step(tmp_path / "project", mluke_pipeline)

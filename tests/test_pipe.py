@@ -14,6 +14,7 @@ from spacy.training import Example
 from transformers import AutoTokenizer, BertConfig, LukeConfig, LukeModel
 
 from luke_spacy import CheckpointError
+from luke_spacy.annotation import scored_span_group
 
 TEXTS = [
     "She met Barack Obama in Paris !",
@@ -535,6 +536,37 @@ def test_running_twice_keeps_the_scores_of_kept_entities(tiny_luke):
     assert ents_of(doc) == first
     assert [(s.start, s.end, s.label_) for s in doc.spans["luke_ner"]] == first
     assert doc.spans["luke_ner"].attrs["scores"].tolist() == scores
+
+
+def _spans_of(group):
+    return [(s.start, s.end, s.label_) for s in group]
+
+
+def test_scored_span_group_sorts_the_spans_with_their_scores():
+    doc = Doc(spacy.blank("en").vocab, words="Peter met Mary in Paris".split())
+    new = [Span(doc, 4, 5, "LOC"), Span(doc, 0, 1, "PER"), Span(doc, 2, 3, "PER")]
+    group = scored_span_group(doc, "key", (), new, [0.5, 0.75, 0.25])
+    assert group.name == "key"
+    assert _spans_of(group) == [(0, 1, "PER"), (2, 3, "PER"), (4, 5, "LOC")]
+    assert group.attrs["scores"].dtype == numpy.float32
+    assert group.attrs["scores"].tolist() == [0.75, 0.25, 0.5]
+    empty = scored_span_group(doc, "key", (), [], [])
+    assert len(empty) == 0 and empty.attrs["scores"].tolist() == []
+
+
+def test_scored_span_group_keeps_the_earlier_scores_of_kept_entities():
+    doc = Doc(spacy.blank("en").vocab, words="Peter met Mary in Paris".split())
+    earlier = [Span(doc, 0, 1, "PER"), Span(doc, 2, 3, "PER"), Span(doc, 4, 5, "LOC")]
+    doc.spans["key"] = scored_span_group(doc, "key", (), earlier, [0.75, 0.25, 0.5])
+    # kept: Peter as before, Mary with another label (not the scored span), Paris not kept
+    kept = (Span(doc, 0, 1, "PER"), Span(doc, 2, 3, "ORG"))
+    group = scored_span_group(doc, "key", kept, [Span(doc, 3, 4, "MISC")], [0.125])
+    assert _spans_of(group) == [(0, 1, "PER"), (3, 4, "MISC")]
+    assert group.attrs["scores"].tolist() == [0.75, 0.125]
+    # under another key, or without earlier scores, kept entities have no score to carry
+    assert _spans_of(scored_span_group(doc, "other", kept, [], [])) == []
+    doc.spans["key"].attrs.pop("scores")
+    assert _spans_of(scored_span_group(doc, "key", kept, [], [])) == []
 
 
 def test_saving_an_uninitialized_pipe_raises_instead_of_downloading(tmp_path):

@@ -495,3 +495,51 @@ def test_groups_of_keeps_order_and_bounds_each_group():
         assert sum(items[:-1]) < 300
     assert all(sum(p.length + len(p.spans) for p in g) >= 300 for g in groups[:-1])
     assert list(groups_of(iter([]), 300)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: the sentences of a Doc
+
+
+def _doc(text: str, sent_starts=None):
+    import spacy
+    from spacy.tokens import Doc
+
+    return Doc(spacy.blank("en").vocab, words=text.split(), sent_starts=sent_starts)
+
+
+def test_sentence_ranges_follow_the_docs_own_boundaries():
+    from spacy.pipeline import Sentencizer
+
+    from luke_spacy.planning import sentence_ranges
+
+    # boundaries the punctuation would not give: they win over the rule-based ones
+    doc = _doc("Peter met Mary . She left", [True, False, True, False, False, False])
+    assert sentence_ranges(doc, Sentencizer()) == [(0, 2), (2, 6)]
+    assert sentence_ranges(_doc(""), Sentencizer()) == []
+
+
+def test_sentence_ranges_fall_back_to_the_sentencizer_without_writing_to_the_doc():
+    from spacy.pipeline import Sentencizer
+
+    from luke_spacy.planning import sentence_ranges
+
+    doc = _doc("Peter met Mary . She lives in Paris ! ! Germany won")
+    assert not doc.has_annotation("SENT_START")
+    assert sentence_ranges(doc, Sentencizer()) == [(0, 4), (4, 10), (10, 12)]
+    assert not doc.has_annotation("SENT_START")
+    # the sentencizer given is the one asked, with its own punctuation
+    assert sentence_ranges(doc, Sentencizer(punct_chars=["!"])) == [(0, 10), (10, 12)]
+    assert sentence_ranges(_doc("no punctuation at all"), Sentencizer()) == [(0, 4)]
+
+
+def test_sentence_ranges_always_start_at_the_first_word():
+    from luke_spacy.planning import sentence_ranges
+
+    class NoFirstStart:
+        """A sentencizer whose guesses leave the first word unmarked."""
+
+        def predict(self, docs):
+            return [[False, False, True, False]]
+
+    assert sentence_ranges(_doc("a b c d"), NoFirstStart()) == [(0, 2), (2, 4)]
