@@ -145,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--on-error",
         choices=ON_ERROR,
-        default="skip",
+        default=None,
         help="a bad record is reported on stderr and skipped, written as an error record "
         '({"text", "error", "source", "meta"}), or stops the run after the records before it '
-        "(default: skip); the exit code is 1 in every case",
+        "(default: skip; --engine ray always writes error rows, as record); the exit code is 1 "
+        "in every case",
     )
     annotate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr for --input files"
@@ -358,6 +359,7 @@ def _annotate(
     The `--html` page, when there is one, shows the records written to the output."""
     from .records import doc_to_record, error_record, pipeline_error
 
+    on_error = args.on_error or "skip"
     n_items = n_failed = 0
     for item, result in _pipe(nlp, items, args.batch_size):
         n_items += 1
@@ -374,12 +376,12 @@ def _annotate(
         else:
             n_failed += 1
             say(f"error: {item.source}: {error}", progress)
-            if args.on_error == "record":
+            if on_error == "record":
                 record = error_record(error, item.source, text=item.text, meta=item.meta)
                 output.write(record)
                 if html is not None:
                     html.add(record)
-            elif args.on_error == "stop":
+            elif on_error == "stop":
                 output.flush()
                 say("stopped at the first bad record (--on-error stop)", progress)
                 return EXIT_FAILED
@@ -387,7 +389,7 @@ def _annotate(
             progress.update(1)
     output.flush()
     if n_failed:
-        done = {"skip": "skipped", "record": "written as error records"}[args.on_error]
+        done = {"skip": "skipped", "record": "written as error records"}[on_error]
         say(f"{n_failed} of {n_items} records failed ({done})", progress)
         return EXIT_FAILED
     return 0

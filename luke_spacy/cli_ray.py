@@ -92,6 +92,11 @@ def run_ray(args: argparse.Namespace) -> int:
         raise CLIError("--engine ray needs --input FILE (JSONL or Parquet) and --output DIR")
     if args.gpu != -1:
         raise CLIError("--engine ray: use --gpus-per-actor; Ray assigns the GPUs")
+    if args.on_error not in (None, "record"):
+        raise CLIError(
+            f"--on-error {args.on_error} is for the local engine: the Ray engine writes every "
+            "bad record as an error row (as --on-error record) and never stops a job for one"
+        )
     if args.html:
         raise CLIError(
             "--html is for the local engine (one page for every text): the Ray engine writes "

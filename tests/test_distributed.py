@@ -413,6 +413,15 @@ def test_ray_refuses_html(tiny_luke, source, tmp_path, capsys):
     assert not page.exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("on_error", ["skip", "stop"])
+def test_ray_refuses_an_on_error_it_would_not_honour(tiny_luke, source, tmp_path, capsys, on_error):
+    """The Ray engine writes every bad record as an error row: asking it to skip them, or to
+    stop at the first one, is refused rather than ignored."""
+    err = refused(capsys, ray_argv(tiny_luke, source, tmp_path / "out", "--on-error", on_error))
+    assert f"--on-error {on_error} is for the local engine" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_output_that_is_a_file_or_unwritable(tiny_luke, source, tmp_path, capsys, monkeypatch):
     output = tmp_path / "out.parquet"
     output.write_text("a user's file", encoding="utf-8")
