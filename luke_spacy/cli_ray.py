@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, List, Tuple
 if TYPE_CHECKING:
     from .distributed import OutputSummary
 
-from .errors import CLIError, error_line, say
+from .errors import CheckpointError, CLIError, error_line, say
 
 ENGINES = ("local", "ray")
 FORMATS = ("parquet", "jsonl")
@@ -86,6 +86,8 @@ def run_ray(args: argparse.Namespace) -> int:
         from . import distributed
     except ImportError as err:
         raise CLIError(f"--engine ray needs Ray: pip install 'luke-spacy[ray]' ({err})") from err
+    from .loading import check_model
+
     if args.texts:
         raise CLIError("--engine ray reads --input files, not texts given as arguments")
     if not args.input or args.output in (None, "-"):
@@ -103,6 +105,11 @@ def run_ray(args: argparse.Namespace) -> int:
             "only --output; draw a sample with the local engine"
         )
     paths = input_paths(args.input)
+    if args.model is not None and args.pipeline is None:
+        try:
+            check_model(args.model)
+        except CheckpointError as err:
+            raise CLIError(str(err)) from err
     output = _absolute(args.output)
     checkpoint = _absolute(args.checkpoint or output.rstrip("/") + CHECKPOINT_SUFFIX)
     resume = args.resume is not None

@@ -17,7 +17,7 @@ from spacy import util
 from spacy.language import Language
 from transformers.utils import logging as transformers_logging
 
-from .checkpoint import missing_local_folder
+from .checkpoint import check_folder, missing_local_folder
 from .errors import error_line
 from .model import CheckpointError, check_device
 
@@ -161,6 +161,22 @@ def _gpu_device(gpu_id: int) -> Optional[str]:
         # Says what is missing for torch (a CUDA build, a visible GPU), not for CuPy.
         check_device(device)
         return device
+
+
+def check_model(name: str) -> str:
+    """Check a `--model` as far as can be done without loading it, for an engine that loads
+    it elsewhere (Ray actors), so a wrong name fails before a cluster starts as it does
+    locally.
+
+    name (str): Hub id or local folder.
+    RETURNS (str): The name, with `~` expanded.
+    RAISES (CheckpointError): A path-like name that is no folder, or a local folder with
+        missing or damaged files (`checkpoint.check_folder`).
+    """
+    name = _model_name(name)
+    if os.path.isdir(name):
+        check_folder(Path(name))
+    return name
 
 
 def _model_name(name: str) -> str:

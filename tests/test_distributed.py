@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -419,6 +420,21 @@ def test_ray_refuses_an_on_error_it_would_not_honour(tiny_luke, source, tmp_path
     stop at the first one, is refused rather than ignored."""
     err = refused(capsys, ray_argv(tiny_luke, source, tmp_path / "out", "--on-error", on_error))
     assert f"--on-error {on_error} is for the local engine" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing folder", "no weights"])
+def test_ray_refuses_a_model_it_cannot_load_before_any_cluster(
+    tiny_luke, source, tmp_path, capsys, damage
+):
+    """A missing or damaged local --model fails as it does locally (exit 2, one line naming
+    the folder), not inside the actors with advice to resume."""
+    model = tmp_path / "model"
+    if damage == "no weights":
+        shutil.copytree(tiny_luke, model)
+        (model / "model.safetensors").unlink()
+    err = refused(capsys, ray_argv(model, source, tmp_path / "out"))
+    assert str(model) in err and "--resume" not in err
     assert not (tmp_path / "out").exists()
 
 
