@@ -438,6 +438,27 @@ def test_ray_refuses_a_model_it_cannot_load_before_any_cluster(
     assert not (tmp_path / "out").exists()
 
 
+def test_the_summary_warns_of_repeated_ids_and_keeps_the_checkpoint_of_a_short_output(
+    tmp_path, capsys
+):
+    """`report` without a cluster: repeated ids named, a short output keeps the checkpoint
+    (exit 1, with the way to finish), a full one removes it (exit 0, or 1 with error rows)."""
+    from luke_spacy.cli_ray import report
+    from luke_spacy.distributed import OutputSummary
+
+    checkpoint = tmp_path / "out.checkpoint"
+    checkpoint.mkdir()
+    repeated = OutputSummary(rows=4, repeated_ids=2, examples=["1", "a"])
+    assert report("out", str(checkpoint), 5, 4, repeated, resume=False) == 1
+    err = capsys.readouterr().err
+    assert "2 ids are on more than one row of out (e.g. '1', 'a')" in err
+    assert "5 rows in but 4 rows out: rerun with --resume" in err and checkpoint.is_dir()
+    assert report("out", str(checkpoint), 4, 1, OutputSummary(rows=4), resume=True) == 0
+    assert "rows in 4, rows out 4 (3 already done), error rows 0" in capsys.readouterr().err
+    assert not checkpoint.exists()
+    assert report("out", str(checkpoint), 2, 2, OutputSummary(rows=2, error_rows=1), False) == 1
+
+
 def test_ray_output_that_is_a_file_or_unwritable(tiny_luke, source, tmp_path, capsys, monkeypatch):
     output = tmp_path / "out.parquet"
     output.write_text("a user's file", encoding="utf-8")
