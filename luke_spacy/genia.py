@@ -100,15 +100,31 @@ class Document:
 
 
 def parse_sentence(record: dict, *, where: str = "<record>") -> Sentence:
-    """A Sentence from one JSON record; offsets and the `text` of each mention are checked."""
+    """A Sentence from one JSON record; fields, offsets and the `text` of each mention are
+    checked, so a damaged line is refused with its place."""
+    if not isinstance(record, dict):
+        raise GeniaFormatError(f"{where}: not a JSON object")
     try:
-        words = list(record["tokens"])
+        words = record["tokens"]
         mentions = record["entity_mentions"]
     except KeyError as err:
         raise GeniaFormatError(f"{where}: missing field {err}") from None
+    if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+        raise GeniaFormatError(f"{where}: 'tokens' is not a list of strings")
+    if not isinstance(mentions, list):
+        raise GeniaFormatError(f"{where}: 'entity_mentions' is not a list")
     entities: List[EntitySpan] = []
     for mention in mentions:
-        start, end, label = mention["start"], mention["end"], mention["entity_type"]
+        try:
+            start, end, label = mention["start"], mention["end"], mention["entity_type"]
+        except (KeyError, TypeError):
+            raise GeniaFormatError(
+                f"{where}: an entity mention without 'start', 'end' and 'entity_type': {mention!r}"
+            ) from None
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (start, end)):
+            raise GeniaFormatError(f"{where}: entity offsets are not integers: {mention!r}")
+        if not isinstance(label, str) or not label:
+            raise GeniaFormatError(f"{where}: entity type is not a name: {mention!r}")
         if not 0 <= start < end <= len(words):
             raise GeniaFormatError(
                 f"{where}: entity [{start}, {end}) is outside the sentence's {len(words)} words"
@@ -140,6 +156,8 @@ def parse_genia(lines: Iterable[str], *, source: str = "<lines>") -> List[Docume
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise GeniaFormatError(f"{where}: not JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise GeniaFormatError(f"{where}: not a JSON object")
         doc_id = record.get("doc_id")
         if doc_id is None:
             raise GeniaFormatError(f"{where}: missing field 'doc_id'")

@@ -92,6 +92,34 @@ def test_parse_refuses_bad_mentions(entity, message):
         parse_genia([line], source="f")
 
 
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('["not", "an", "object"]', "f:1: not a JSON object"),
+        ('{"doc_id": "B", "tokens": "IL-2 gene", "entity_mentions": []}', "not a list of strings"),
+        ('{"doc_id": "B", "tokens": ["a"], "entity_mentions": {}}', "'entity_mentions' is not a"),
+        ('{"doc_id": "B", "tokens": ["a"], "entity_mentions": [{"start": 0}]}', "without 'start'"),
+        ('{"doc_id": "B", "tokens": ["a"], "entity_mentions": [7]}', "without 'start'"),
+        (
+            '{"doc_id": "B", "tokens": ["a"], "entity_mentions": '
+            '[{"start": "0", "end": 1, "entity_type": "DNA"}]}',
+            "offsets are not integers",
+        ),
+        (
+            '{"doc_id": "B", "tokens": ["a"], "entity_mentions": '
+            '[{"start": 0, "end": 1, "entity_type": null}]}',
+            "entity type is not a name",
+        ),
+    ],
+)
+def test_parse_refuses_damaged_lines_by_place(line, message):
+    """A damaged line is a GeniaFormatError naming the file and line (the converter prints
+    it as one line), never a KeyError or TypeError."""
+    with pytest.raises(GeniaFormatError, match=message) as err:
+        parse_genia([line], source="f")
+    assert str(err.value).startswith("f:1: ")
+
+
 def test_flat_projection_keeps_outermost_then_first():
     entities = [(0, 1, "protein"), (0, 2, "DNA"), (4, 6, "protein"), (4, 6, "DNA"), (5, 6, "X")]
     assert flat_projection(entities) == [(0, 2, "DNA"), (4, 6, "protein")]
