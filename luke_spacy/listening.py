@@ -6,7 +6,7 @@ name) gets LUKE's final subword states as `TransformerData`, one per Doc, as fro
 spacy-transformers `transformer` component: in training from luke_ner's `update` (with a
 gradient back into LUKE), otherwise from `doc._.trf_data`. This module holds the parts that
 do not depend on the component: the listeners' width, and handing a batch's outputs to the
-listeners with one backward pass for all of them. No torch here.
+listeners with one backward pass for all of them.
 """
 
 from __future__ import annotations
