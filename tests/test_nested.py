@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy
 import pytest
 import spacy
+from confection import ConfigValidationError
 from conftest import make_nlp
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example
 from thinc.api import Adam
 
 from luke_spacy.decoding import decode_logits, decode_nested_logits, label_thresholds, softmax
+from luke_spacy.settings import SettingsError
 from luke_spacy.training import Coverage, GoldDoc, coverage, gold_entities, span_targets
 
 TEXTS = [
@@ -114,8 +116,8 @@ def test_settings_round_trip_through_config_and_disk(tiny_luke, tmp_path):
         "temperature": 1.5,
         "nil_veto": False,
     }
-    with pytest.raises(ValueError, match="nil_veto"):
-        make_nlp(tiny_luke, **settings)("Peter lives in Paris .")  # MISC, ORG: no threshold
+    with pytest.raises(ConfigValidationError, match=r"leaves out \['MISC', 'ORG'\]"):
+        make_nlp(tiny_luke, **settings).initialize()  # refused before any Doc
     settings["threshold"] = {"PER": 0.25, "LOC": 0.5, "MISC": 0.3, "ORG": 0.3}
     nlp = make_nlp(tiny_luke, **settings)
     ner = nlp.get_pipe("luke_ner")
@@ -138,10 +140,23 @@ def test_settings_round_trip_through_config_and_disk(tiny_luke, tmp_path):
             )
 
 
-def test_threshold_table_must_name_the_models_labels(tiny_luke):
-    nlp = make_nlp(tiny_luke, threshold={"PERSON": 0.5})
-    with pytest.raises(ValueError, match=r"threshold names labels .*PERSON"):
-        nlp("Peter lives in Paris .")
+def test_threshold_table_must_name_the_models_labels(tiny_luke, tmp_path):
+    """Refused as soon as the checkpoint's labels are known (initialize, load, the lazy first
+    load), as the settings' config error, not when the first sentence is decoded."""
+    table = {"threshold": {"PERSON": 0.5}}
+    with pytest.raises(ConfigValidationError, match=r"threshold\s+names labels .*PERSON"):
+        make_nlp(tiny_luke, **table).initialize()
+    with pytest.raises(SettingsError, match=r"threshold names labels .*PERSON"):
+        make_nlp(tiny_luke, **table).get_pipe("luke_ner").runtime.tokenizer
+    plain = make_nlp(tiny_luke)
+    plain.initialize()
+    plain.to_disk(tmp_path / "pipeline")
+    path = tmp_path / "pipeline" / "config.cfg"
+    config = spacy.util.load_config(path, interpolate=False)
+    config["components"]["luke_ner"].update(table)
+    config.to_disk(path)
+    with pytest.raises(ConfigValidationError, match=r"names labels .*PERSON"):
+        spacy.load(tmp_path / "pipeline")
 
 
 def test_a_threshold_table_thresholds_its_labels_only(tiny_luke):
