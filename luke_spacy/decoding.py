@@ -293,6 +293,17 @@ def softmax(x: numpy.ndarray) -> numpy.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def log_softmax(x: numpy.ndarray) -> numpy.ndarray:
+    """Log-softmax over the last axis, in the logits' own dtype (the training loss's float32,
+    tuning's float64).
+
+    x (numpy.ndarray): (..., n_labels) logits.
+    RETURNS (numpy.ndarray): The log-probabilities, shaped as `x`.
+    """
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def decode_sentence(
     spans: numpy.ndarray,
     logits: numpy.ndarray,
