@@ -13,7 +13,12 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example
 from thinc.api import Adam
 
-from luke_spacy.decoding import decode_logits, decode_nested_logits, label_thresholds, softmax
+from luke_spacy.decoding import (
+    decode_sentence,
+    decode_sentence_nested,
+    label_thresholds,
+    softmax,
+)
 from luke_spacy.settings import SettingsError
 from luke_spacy.training import Coverage, GoldDoc, coverage, gold_entities, span_targets
 
@@ -43,9 +48,11 @@ def test_nested_group_beside_unchanged_ents(tiny_luke):
         assert "nested" not in ref.spans
         (scores,) = ner.span_scores([both.make_doc(text)])
         names = ["NIL", *ner.labels]
-        expected = decode_nested_logits(scores.spans.tolist(), scores.logits)
+        # the wiring only: the nested rule itself is tested in test_decoding.py
+        found, ids, _ = decode_sentence_nested(scores.spans, scores.logits)
         group = doc.spans["nested"]
-        assert sorted(spans_of(group)) == sorted((s, e, names[k]) for (s, e), k, _ in expected)
+        expected = zip(found.tolist(), ids.tolist())
+        assert sorted(spans_of(group)) == sorted((s, e, names[k]) for (s, e), k in expected)
         rows = {tuple(span): k for k, span in enumerate(scores.spans.tolist())}
         for span, score in zip(group, group.attrs["scores"]):
             row = scores.logits[rows[(span.start, span.end)]]
@@ -171,8 +178,9 @@ def test_a_threshold_table_thresholds_its_labels_only(tiny_luke):
     for text, cut in zip(TEXTS, cut_docs):
         assert label not in {e.label_ for e in cut.ents}
         (scores,) = ner.span_scores([strict.make_doc(text)])
-        expected = decode_logits(scores.spans.tolist(), scores.logits, threshold=cuts)
-        assert spans_of(cut.ents) == sorted((s, e, names[k]) for (s, e), k, _ in expected)
+        found, ids, _ = decode_sentence(scores.spans, scores.logits, threshold=cuts)
+        expected = zip(found.tolist(), ids.tolist())
+        assert spans_of(cut.ents) == sorted((s, e, names[k]) for (s, e), k in expected)
     # the same number for every label is the scalar threshold
     table = make_nlp(tiny_luke, threshold=dict.fromkeys(ner.labels, 0.6))
     scalar = make_nlp(tiny_luke, threshold=0.6)
