@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+import numpy
 import torch
 from tqdm import tqdm
 
 from luke_spacy import conll
-from luke_spacy.decoding import decode_logits
+from luke_spacy.decoding import decode_sentence
 
 Sentence = List[str]
 Document = List[Sentence]
@@ -86,8 +87,8 @@ def greedy(
     """The recipe's decoding: drop NIL (label 0), stable sort by max logit, no overlaps."""
     if len(spans) == 0:
         return set()
-    found = decode_logits(spans, logits.float().cpu().numpy())
-    return {(start, end, labels[label_id]) for (start, end), label_id, _ in found}
+    found, ids, _ = decode_sentence(numpy.asarray(spans), logits.float().cpu().numpy())
+    return {(start, end, labels[i]) for (start, end), i in zip(found.tolist(), ids.tolist())}
 
 
 def onnx_export(model_dir: str, onnx_dir: str | Path, precision: str) -> Dict[str, Any]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import stat
 import sys
 from contextlib import ExitStack
 from itertools import islice
@@ -35,6 +34,7 @@ from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Uni
 # --help is quick and Ctrl-C during start-up exits cleanly.
 from . import __version__
 from .errors import PROG, CLIError, say
+from .outputs import check_new_folder, same_file
 from .reading import Item, Source, check_readable, count_lines, read_args, read_sources
 
 STDIN = "-"
@@ -295,7 +295,7 @@ def _refuse_overwriting(sources: List[Source], output: str, html: Optional[str])
     ]
     for i, (option, name) in enumerate(written):
         for other_option, other in read + written[:i]:
-            if not _same_file(Path(name), Path(other)):
+            if not same_file(Path(name), Path(other)):
                 continue
             if other_option == "--input":
                 why = "it would be emptied before it is read"
@@ -305,17 +305,6 @@ def _refuse_overwriting(sources: List[Source], output: str, html: Optional[str])
                 f"{option} {name} is the same file as {other_option} {other}: {why}; "
                 f"give {option} another path"
             )
-
-
-def _same_file(path: Path, other: Path) -> bool:
-    """Whether two paths name one regular file, or the same file to be (not there yet).
-    Terminals and devices (/dev/stdout, /dev/null) may be read and written at once."""
-    try:
-        first, second = path.stat(), other.stat()
-    except OSError:  # not there yet: two spellings of one future file?
-        return os.path.realpath(path) == os.path.realpath(other)
-    same = (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-    return same and stat.S_ISREG(first.st_mode)
 
 
 def _open_html(stack: ExitStack, path: str) -> Any:
@@ -509,7 +498,9 @@ def run_random_model(args: argparse.Namespace) -> int:
     args.config, args.bpe_dir = args.config or None, args.bpe_dir or None
     if missing_requirement(args.kind) is not None:
         raise CLIError(missing_requirement(args.kind))
-    _check_new_folder(Path(args.out), args.force)
+    # random weights written next to a real checkpoint's (e.g. a model.safetensors that
+    # transformers prefers to its pytorch_model.bin) would silently replace its predictions
+    check_new_folder(Path(args.out), args.force, written="the random checkpoint")
     size = args.size or ("full" if args.config else "tiny")
     if size == "full" and not args.config:
         raise CLIError("--size full needs --config CONFIG_JSON (the real model's config.json)")
@@ -584,26 +575,6 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     )
     print(args.out)
     return 0
-
-
-def _check_new_folder(path: Path, force: bool) -> None:
-    """Refuse an output that is a file, or a folder that already holds files unless `force`:
-    random weights written next to a real checkpoint's (e.g. a model.safetensors that
-    transformers prefers to its pytorch_model.bin) would silently replace its predictions."""
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"{path} is a file, not a folder: give a new or empty folder")
-    if force or not path.is_dir():
-        return
-    try:
-        held = sorted(entry.name for entry in path.iterdir())
-    except OSError as err:
-        raise CLIError(f"cannot write {path}: {err.strerror or err}") from err
-    if held:
-        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        raise CLIError(
-            f"{path} already holds files ({shown}): give a new or empty folder, or --force "
-            "to write the random checkpoint over them"
-        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from typing import Iterable, List, Mapping, Sequence, Set, Tuple, Union
 import numpy
 
 Span = Tuple[int, int]
-# One threshold for every label, or one per label id (`label_thresholds`).
-Threshold = Union[float, numpy.ndarray]
+# The thresholds as decoding reads them: one for every label, or one per label id
+# (`label_thresholds`; the setting itself is `settings.Threshold`).
+Cuts = Union[float, numpy.ndarray]
 # (k, 2) spans, (k,) label ids and (k,) probabilities of a sentence's entities.
 SentenceEntities = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
 
@@ -107,13 +108,13 @@ def crosses(a: Span, b: Span) -> bool:
 
 def label_thresholds(
     threshold: Union[float, Mapping[str, float]], labels: Sequence[str]
-) -> Threshold:
+) -> Cuts:
     """The `threshold` setting for decoding: a number as it is, a table as one threshold per
     label id (labels not listed: 0.0).
 
     threshold (Union[float, Mapping[str, float]]): The setting.
     labels (Sequence[str]): All labels in id order (0 is the no-entity class).
-    RETURNS (Threshold): A number, or an array with one threshold per label id.
+    RETURNS (Cuts): A number, or an array with one threshold per label id.
     """
     if not isinstance(threshold, Mapping):
         return float(threshold)
@@ -142,10 +143,10 @@ class Candidates:
     scores: numpy.ndarray
     probs: numpy.ndarray
 
-    def above(self, threshold: Threshold) -> Candidates:
+    def above(self, threshold: Cuts) -> Candidates:
         """The candidates whose probability reaches their label's threshold.
 
-        threshold (Threshold): One threshold, or one per label id.
+        threshold (Cuts): One threshold, or one per label id.
         RETURNS (Candidates): Those candidates (self when no threshold is above 0.0).
         """
         per_label = numpy.ndim(threshold) > 0
@@ -161,7 +162,7 @@ def entity_candidates(
     logits: numpy.ndarray,
     *,
     no_entity_id: int = 0,
-    threshold: Threshold = 0.0,
+    threshold: Cuts = 0.0,
     temperature: float = 1.0,
     nil_veto: bool = True,
 ) -> Candidates:
@@ -178,7 +179,7 @@ def entity_candidates(
 
     logits (numpy.ndarray): (n_spans, n_labels) logits.
     no_entity_id (int): The label id that means "no entity".
-    threshold (Threshold): One threshold, or one per label id.
+    threshold (Cuts): One threshold, or one per label id.
     temperature (float): Divides the logits before the softmax.
     nil_veto (bool): Drop the spans whose best label is no-entity (the recipe).
     RETURNS (Candidates): The competing spans.
@@ -208,55 +209,6 @@ def entity_candidates(
         scaled = logits[rows] if temperature == 1.0 else logits[rows] / temperature
         probs = softmax(scaled)[numpy.arange(len(rows)), labels]
     return Candidates(rows, labels, scores, probs).above(threshold)
-
-
-def decode_logits(
-    spans: Sequence[Span],
-    logits: numpy.ndarray,
-    *,
-    no_entity_id: int = 0,
-    taken: Iterable[int] = (),
-    threshold: Threshold = 0.0,
-    temperature: float = 1.0,
-) -> List[Tuple[Span, int, int]]:
-    """`greedy_decode` of span logits: each span's argmax label and max logit.
-
-    With a threshold, spans whose best label has a lower softmax probability are dropped
-    (0.0 keeps the recipe).
-
-    spans (Sequence[Span]): Candidate word spans (end exclusive) in enumeration order.
-    logits (numpy.ndarray): (n_spans, n_labels) logits.
-    no_entity_id (int): The label id that means "no entity".
-    taken (Iterable[int]): Words that must stay free.
-    threshold (Threshold): Least probability of a span's best label (one, or per label id).
-    temperature (float): Divides the logits before the softmax.
-    RETURNS (List[Tuple[Span, int, int]]): (span, label id, row of `logits`) of each accepted
-        entity, in acceptance order.
-    """
-    candidates = entity_candidates(
-        logits, no_entity_id=no_entity_id, threshold=threshold, temperature=temperature
-    )
-    return _decode(spans, candidates, no_entity_id, taken=taken)[0]
-
-
-def decode_nested_logits(
-    spans: Sequence[Span],
-    logits: numpy.ndarray,
-    *,
-    no_entity_id: int = 0,
-    fixed: Iterable[Span] = (),
-    threshold: Threshold = 0.0,
-    temperature: float = 1.0,
-) -> List[Tuple[Span, int, int]]:
-    """`nested_decode` of span logits: `decode_logits` with nested entities allowed.
-
-    fixed (Iterable[Span]): Spans accepted beforehand; the other arguments and the result are
-        those of `decode_logits`.
-    """
-    candidates = entity_candidates(
-        logits, no_entity_id=no_entity_id, threshold=threshold, temperature=temperature
-    )
-    return _decode(spans, candidates, no_entity_id, fixed=fixed, nested=True)[0]
 
 
 def _decode(
@@ -293,21 +245,33 @@ def softmax(x: numpy.ndarray) -> numpy.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def log_softmax(x: numpy.ndarray) -> numpy.ndarray:
+    """Log-softmax over the last axis, in the logits' own dtype (the training loss's float32,
+    tuning's float64).
+
+    x (numpy.ndarray): (..., n_labels) logits.
+    RETURNS (numpy.ndarray): The log-probabilities, shaped as `x`.
+    """
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def decode_sentence(
     spans: numpy.ndarray,
     logits: numpy.ndarray,
     *,
     taken: Set[int] = frozenset(),
-    threshold: Threshold = 0.0,
+    threshold: Cuts = 0.0,
     temperature: float = 1.0,
     nil_veto: bool = True,
 ) -> SentenceEntities:
-    """One sentence's entities as arrays: `decode_logits` plus each entity's probability.
+    """One sentence's entities as arrays (LUKE's greedy decoding of the span logits), with
+    each entity's probability.
 
     spans (numpy.ndarray): (n, 2) candidate word spans of the sentence.
     logits (numpy.ndarray): (n, n_labels) logits.
     taken (Set[int]): Words of the Doc that must stay free (entities already set).
-    threshold (Threshold): Least probability of a span's best label (one, or per label id).
+    threshold (Cuts): Least probability of a span's best label (one, or per label id).
     temperature (float): Divides the logits before the softmax.
     nil_veto (bool): Spans whose best label is no-entity never compete (see
         `entity_candidates`).
@@ -325,7 +289,7 @@ def decode_sentence_nested(
     logits: numpy.ndarray,
     *,
     fixed: Sequence[Span] = (),
-    threshold: Threshold = 0.0,
+    threshold: Cuts = 0.0,
     temperature: float = 1.0,
     nil_veto: bool = True,
 ) -> SentenceEntities:
@@ -363,8 +327,8 @@ def decode_candidates(
         near = [(s, e) for s, e in fixed if s < hi and e > lo]
         accepted, probs = _decode(spans, candidates, 0, fixed=near, nested=True)
     else:
-        free = [i for i in range(lo, hi) if i in taken]
-        accepted, probs = _decode(spans, candidates, 0, taken=free)
+        near_taken = [i for i in range(lo, hi) if i in taken]
+        accepted, probs = _decode(spans, candidates, 0, taken=near_taken)
     rows = [k for _, _, k in accepted]
     labels = numpy.asarray([label for _, label, _ in accepted], "i")
     return spans[rows].reshape(-1, 2), labels, probs

@@ -23,6 +23,7 @@ from .onnx_files import (
     is_export,
     local_checkpoint,
 )
+from .outputs import check_new_folder
 
 QUANTIZATIONS = ("int8",)
 FACTORY = "luke_ner"
@@ -108,23 +109,13 @@ def checkpoint_of(source: str, component: Optional[str] = None) -> Tuple[str, Op
 def check_output(out: Path, force: bool, sources: List[Path]) -> None:
     """Refuse an output that is a file, that is (or contains) what is exported, or a folder
     that already holds files unless `force`."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file, not a folder: give a new or empty folder")
-    for source in sources:
-        if _same_folder(out, source):
-            raise ValueError(
-                f"{out} is the folder exported from ({source}): its files would be replaced; "
-                "give another folder"
-            )
-    if force or not out.is_dir():
-        return
-    held = sorted(entry.name for entry in out.iterdir())
-    if held:
-        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        raise ValueError(
-            f"{out} already holds files ({shown}): give a new or empty folder, or --force to "
-            "write the export over them"
-        )
+    check_new_folder(
+        out,
+        force,
+        written="the export",
+        sources=[("the folder exported from", source) for source in sources],
+        error=ValueError,
+    )
 
 
 def _from_checkpoint(
@@ -171,13 +162,6 @@ def _luke_ner_components(config_file: Path) -> List[str]:
 
     components = util.load_config(config_file, interpolate=False).get("components", {})
     return [name for name, block in components.items() if block.get("factory") == FACTORY]
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _parent(out: Path) -> Path:

@@ -7,6 +7,7 @@ on the forward batches of an update (see runtime.py). This module decodes and an
 
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import (
@@ -289,7 +290,8 @@ class LukeEntityRecognizer(TrainablePipe):
         if labels is not None:
             labels = check_labels(labels, gold, given=given)
         runtime = self.runtime
-        runtime.load(labels=labels)
+        with self._config_errors():
+            runtime.load(labels=labels)
         if nlp is not None:
             # `spacy package` takes the requirements from the meta: mLUKE needs sentencepiece.
             record_requirements(
@@ -542,7 +544,8 @@ class LukeEntityRecognizer(TrainablePipe):
             "cfg": lambda b: self._restore_cfg(srsly.json_loads(b)),
             "model": self.runtime.from_bytes,
         }
-        util.from_bytes(bytes_data, deserialize, exclude)
+        with self._config_errors():
+            util.from_bytes(bytes_data, deserialize, exclude)
         return self
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
@@ -562,8 +565,18 @@ class LukeEntityRecognizer(TrainablePipe):
             "model": self.runtime.load_local,
         }
         check_saved_labels(path)
-        util.from_disk(path, deserialize, exclude)
+        with self._config_errors():
+            util.from_disk(path, deserialize, exclude)
         return self
+
+    @contextmanager
+    def _config_errors(self) -> Iterator[None]:
+        """Settings that the loaded checkpoint's labels refuse (`decoding_problems`), told as
+        spaCy's config error, as the factory tells the others."""
+        try:
+            yield
+        except SettingsError as err:
+            raise err.config_error(self.name, self.settings.to_dict()) from None
 
     def _label_names(self) -> List[str]:
         """All labels in id order (0 is no-entity): the checkpoint's once it is loaded."""

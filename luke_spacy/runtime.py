@@ -35,7 +35,7 @@ from .scheduling import (
     score_passes,
     word_state_rows,
 )
-from .settings import NerSettings
+from .settings import NerSettings, SettingsError, decoding_problems
 from .tokenization import WordTokenizer, special_ids
 
 
@@ -347,7 +347,7 @@ class LukeRuntime:
 
     def _checkpoint(self) -> Tuple[WordTokenizer, SpecialIds]:
         """The word tokenizer and special ids of the loaded checkpoint (loading it on first
-        use), after checking the settings against it once per checkpoint."""
+        use), after checking the settings against it (and its labels) once per checkpoint."""
         tokenizer, config = self.backend.tokenizer, self.backend.config
         if self._word_tokenizer is None or self._word_tokenizer.tokenizer is not tokenizer:
             self._word_tokenizer = WordTokenizer(tokenizer)
@@ -361,6 +361,10 @@ class LukeRuntime:
                     f"max_position_embeddings = {config.max_position_embeddings} allows at most "
                     f"{capacity} subwords per window; set max_length to {capacity} or less."
                 )
+            # The checkpoint's labels are known from here on, whichever way it was loaded.
+            problems = decoding_problems(self._settings, self.labels)
+            if problems:
+                raise SettingsError(problems)
             self._checked = config
         assert self._ids is not None
         return self._word_tokenizer, self._ids

@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union, get_args
+from typing import (
+    Any,
+    Dict,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    get_args,
+)
 
 from confection import ConfigValidationError
 
@@ -184,6 +195,15 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
         problems.append(
             ("nil_veto", "= false needs a threshold above 0.0 (else every span is an entity)")
         )
+    if not settings.nil_veto and isinstance(threshold, Mapping):
+        zero = sorted(label for label, value in threshold.items() if value == 0.0)
+        if zero:
+            problems.append(
+                (
+                    "nil_veto",
+                    f"= false needs a threshold above 0.0 for every label, got 0.0 for {zero}",
+                )
+            )
     for key in ("spans_key", "nested_spans_key", "gold_spans_key"):
         value = getattr(settings, key)
         if value is not None and (not isinstance(value, str) or not value):
@@ -200,6 +220,40 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
         not isinstance(settings.onnx_path, str) or not settings.onnx_path
     ):
         problems.append(("onnx_path", f"must be a path or null, got {settings.onnx_path!r}"))
+    return problems
+
+
+def decoding_problems(settings: NerSettings, labels: Sequence[str]) -> List[Tuple[str, str]]:
+    """What is wrong with the decoding settings for a model's labels (empty when nothing is):
+    a threshold table naming a label the model does not have, or, with nil_veto = false, a
+    label without a threshold in it. Checked as soon as the checkpoint is loaded.
+
+    settings (NerSettings): The settings, valid on their own.
+    labels (Sequence[str]): The model's labels in id order (0 is the no-entity class).
+    RETURNS (List[Tuple[str, str]]): (setting, what is wrong) pairs.
+    """
+    threshold = settings.threshold
+    if not isinstance(threshold, Mapping):
+        return []
+    problems: List[Tuple[str, str]] = []
+    unknown = sorted(set(threshold) - set(labels[1:]))
+    if unknown:
+        problems.append(
+            (
+                "threshold",
+                f"names labels the model does not have: {unknown}; its labels are "
+                f"{list(labels[1:])}",
+            )
+        )
+    missing = [label for label in labels[1:] if label not in threshold]
+    if not settings.nil_veto and missing:
+        problems.append(
+            (
+                "nil_veto",
+                "= false needs a threshold above 0.0 for every label, and the threshold "
+                f"table leaves out {missing}",
+            )
+        )
     return problems
 
 

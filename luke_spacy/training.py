@@ -17,6 +17,7 @@ from spacy.training import Example
 
 from .checkpoint import NO_ENTITY_LABELS
 from .corpus import same_words
+from .decoding import log_softmax
 from .windowing import Span, subword_offsets
 
 NO_ENTITY_ID = 0
@@ -265,8 +266,7 @@ def span_loss(
     """
     logits = numpy.asarray(logits, dtype=numpy.float32)
     valid = targets >= 0
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+    log_probs = log_softmax(logits)
     safe = numpy.maximum(targets, 0)[..., None]
     picked = numpy.take_along_axis(log_probs, safe, axis=-1)[..., 0]
     loss = -(picked * valid).sum() / normalizer

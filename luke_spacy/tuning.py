@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy
 
-from .decoding import Candidates, decode_candidates, entity_candidates, label_thresholds
+from .decoding import (
+    Candidates,
+    decode_candidates,
+    entity_candidates,
+    label_thresholds,
+    log_softmax,
+)
 from .errors import CLIError
+from .outputs import check_new_folder, same_file
 
 Entity = Tuple[int, int, str]
 ALL = "(all)"
@@ -41,12 +49,15 @@ class ScoredCorpus:
     logits (List[numpy.ndarray]): (n, n_labels) their logits.
     gold (List[Set[Entity]]): Each Doc's gold (start, end, label) entities.
     labels (List[str]): All labels in id order (0 is no-entity).
+    targets (List[numpy.ndarray]): (n,) each candidate span's gold label id as training sees
+        it (`training.span_targets`: 0 for no entity, the first label of a span with two).
     """
 
     spans: List[numpy.ndarray]
     logits: List[numpy.ndarray]
     gold: List[Set[Entity]]
     labels: List[str]
+    targets: List[numpy.ndarray]
 
 
 @dataclass
@@ -243,28 +254,17 @@ def fit_temperature(corpus: ScoredCorpus, *, low: float = 0.05, high: float = 20
 
 def candidate_targets(corpus: ScoredCorpus) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """All candidate spans' logits and their gold label ids (0: no entity), stacked."""
-    label_ids = {label: i for i, label in enumerate(corpus.labels)}
-    rows, targets = [], []
-    for spans, logits, gold in zip(corpus.spans, corpus.logits, corpus.gold):
-        by_span: Dict[Tuple[int, int], int] = {}
-        for s, e, label in sorted(gold):
-            by_span.setdefault((s, e), label_ids.get(label, 0))
-        rows.append(numpy.asarray(logits, dtype="float64"))
-        targets.append(
-            numpy.asarray([by_span.get((s, e), 0) for s, e in numpy.asarray(spans).tolist()], "i")
-        )
-    if not rows:
+    if not corpus.logits:
         return numpy.zeros((0, len(corpus.labels))), numpy.zeros(0, "i")
-    return numpy.concatenate(rows), numpy.concatenate(targets)
+    logits = numpy.concatenate([numpy.asarray(x, dtype="float64") for x in corpus.logits])
+    return logits, numpy.concatenate(corpus.targets)
 
 
 def negative_log_likelihood(
     logits: numpy.ndarray, targets: numpy.ndarray, temperature: float
 ) -> float:
     """Mean negative log-likelihood of the targets under softmax(logits / temperature)."""
-    x = logits / temperature
-    x = x - x.max(axis=1, keepdims=True)
-    log_probs = x - numpy.log(numpy.exp(x).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits / temperature)
     return float(-log_probs[numpy.arange(len(targets)), targets].mean())
 
 
@@ -327,10 +327,12 @@ def add_parser(commands: Any) -> None:
         "--temperature", action="store_true", help="fit one temperature first and report the ECE"
     )
     tune.add_argument(
-        "--no-nil-veto",
-        action="store_true",
-        help="tune for nil_veto = false: spans under no-entity compete when their entity label "
-        "passes its threshold (more recall); the grid then starts above 0",
+        "--nil-veto",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tune for nil_veto = true (the recipe) or, with --no-nil-veto, false: spans under "
+        "no-entity compete when their entity label passes its threshold (more recall; the "
+        "grid then starts above 0); default: the pipeline's own setting",
     )
     tune.add_argument(
         "--step", type=float, default=0.05, help="grid step of the thresholds (default: 0.05)"
@@ -347,7 +349,14 @@ def add_parser(commands: Any) -> None:
 def run_tune_thresholds(args: argparse.Namespace) -> int:
     """The `tune-thresholds` subcommand."""
     out = Path(args.out)
-    _check_output(Path(args.pipeline), out, args.force)
+    check_new_folder(
+        out,
+        args.force,
+        written="the tuned pipeline (what already exists there is overwritten)",
+        sources=[("the pipeline itself", Path(args.pipeline))],
+    )
+    if args.scores:
+        _check_scores(args, out)
     if not 0.0 < args.step < 1.0:
         raise CLIError(f"--step must be between 0 and 1, got {args.step}")
     nlp, name = _load(args.pipeline, args.component, args.gpu)
@@ -378,7 +387,8 @@ def run_tune_thresholds(args: argparse.Namespace) -> int:
         "target": target,
     }
     report["before"] = _table(f"{target} before", before, tuner.outcome(before))
-    decoding = Decoding(dict(start), settings.temperature, not args.no_nil_veto, nested)
+    nil_veto = settings.nil_veto if args.nil_veto is None else args.nil_veto
+    decoding = Decoding(dict(start), settings.temperature, nil_veto, nested)
     if args.temperature:
         decoding.temperature = fit_temperature(corpus)
         logits, targets = candidate_targets(corpus)
@@ -426,28 +436,41 @@ def score_corpus(
     """Score every candidate span of the Docs of a .spacy file (gold words and sentences),
     with their gold: `doc.ents`, or `doc.spans[gold_key]`."""
     from spacy.tokens import DocBin
+    from spacy.training import Example
 
     from .conll import unannotated
-    from .training import gold_spans
+    from .training import gold_entities, gold_spans, span_targets
 
     try:
         refs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
     except (OSError, ValueError) as err:
         raise CLIError(f"cannot read {path}: {err}") from err
     ner = nlp.get_pipe(name)
+    docs = [unannotated(ref) for ref in refs]
     spans, logits = [], []
-    for start in range(0, len(refs), batch_size):
-        batch = [unannotated(ref) for ref in refs[start : start + batch_size]]
-        for scores in ner.span_scores(batch):
+    for start in range(0, len(docs), batch_size):
+        for scores in ner.span_scores(docs[start : start + batch_size]):
             spans.append(scores.spans)
             logits.append(scores.logits)
     gold = [{(e.start, e.end, e.label_) for e in gold_spans(ref, gold_key)} for ref in refs]
-    return ScoredCorpus(spans, logits, gold, ["NIL", *ner.labels])
+    labels = ["NIL", *ner.labels]
+    label_ids = {label: i for i, label in enumerate(labels)}
+    # the training targets, so that the fitted temperature is that of the trained loss
+    targets = [
+        span_targets(
+            [doc_spans.tolist()],
+            [gold_entities(Example(doc, ref), gold_key).entities],
+            label_ids,
+            len(doc_spans),
+        )[0]
+        for doc, ref, doc_spans in zip(docs, refs, spans)
+    ]
+    return ScoredCorpus(spans, logits, gold, labels, targets)
 
 
 def _grid(step: float, *, positive: bool) -> List[float]:
-    n = int(round(1.0 / step))
-    values = [round(i * step, 6) for i in range(n) if i * step < 1.0]
+    """Every multiple of `step` below 1.0 (without 0.0 when `positive`)."""
+    values = [round(i * step, 6) for i in range(math.ceil(1.0 / step - 1e-9))]
     return values[1:] if positive else values
 
 
@@ -473,13 +496,22 @@ def _table(title: str, decoding: Decoding, outcome: Outcome) -> Dict[str, Any]:
     }
 
 
-def _check_output(pipeline: Path, out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"{out} is a file, not a folder: give a new folder for the pipeline")
-    if out.exists() and pipeline.exists() and out.resolve() == pipeline.resolve():
-        raise CLIError(f"OUT is the pipeline itself ({pipeline}): give another folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise CLIError(f"{out} already exists and is not empty: give a new folder, or --force")
+def _check_scores(args: argparse.Namespace, out: Path) -> None:
+    """Refuse a --scores file that would replace the dev corpus or a file of PIPELINE or OUT,
+    an existing file without --force, or one whose folder is missing: it is written last,
+    after OUT."""
+    scores = Path(args.scores)
+    if same_file(scores, Path(args.dev)):
+        raise CLIError(f"--scores {scores} is the dev corpus: give --scores another path")
+    for what, folder in (("PIPELINE", Path(args.pipeline)), ("OUT", out)):
+        if Path(os.path.realpath(scores)).is_relative_to(os.path.realpath(folder)):
+            raise CLIError(f"--scores {scores} is inside {what} ({folder}): give another path")
+    if scores.is_dir():
+        raise CLIError(f"--scores {scores} is a folder: give a file path")
+    if scores.exists() and not args.force:
+        raise CLIError(f"--scores {scores} already exists: give a new path, or --force")
+    if not scores.parent.is_dir():
+        raise CLIError(f"--scores {scores}: there is no folder {scores.parent}")
 
 
 def _load(pipeline: str, component: Optional[str], gpu: int) -> Tuple[Any, str]:

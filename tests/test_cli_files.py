@@ -256,3 +256,26 @@ def test_utf16_stdin_is_one_error_and_no_junk(tiny_luke, capsys, monkeypatch):
         "(iconv -f UTF-16 -t UTF-8)",
         "luke-spacy: 1 of 1 records failed (skipped)",
     ]
+
+
+def test_one_check_of_a_new_output_folder(tmp_path):
+    """random-model, tune-thresholds and export-onnx share `check_new_folder`."""
+    from luke_spacy.errors import CLIError
+    from luke_spacy.outputs import check_new_folder, same_file
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    check_new_folder(out, False, written="it", sources=[("the source", source)])  # new: fine
+    with pytest.raises(ValueError, match="is the source"):
+        spelled = tmp_path / "." / "source"
+        check_new_folder(
+            spelled, True, written="it", sources=[("the source", source)], error=ValueError
+        )
+    (source / "file").write_text("mine")
+    with pytest.raises(CLIError, match=r"already holds files \(file\).*--force to write it over"):
+        check_new_folder(source, False, written="it")
+    check_new_folder(source, True, written="it")
+    with pytest.raises(CLIError, match="is a file, not a folder"):
+        check_new_folder(source / "file", True, written="it")
+    assert same_file(source / "file", tmp_path / "source" / "." / "file")
+    assert not same_file(Path("/dev/null"), Path("/dev/null"))  # read and written at once

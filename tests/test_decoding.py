@@ -7,10 +7,9 @@ import pytest
 from conftest import notebook_decode
 
 from luke_spacy.decoding import (
-    decode_logits,
-    decode_nested_logits,
     decode_sentence,
     decode_sentence_nested,
+    greedy_decode,
     label_thresholds,
     softmax,
 )
@@ -39,6 +38,29 @@ def to_tags(accepted, n_words, preset=None):
     return tagged([(s, e, ID2LABEL[label]) for (s, e), label, _k in accepted], n_words, preset)
 
 
+def triples(decode, spans, logits, **kwargs):
+    """A sentence decoding's entities as (span, label id, candidate row) triples, in
+    acceptance order; the row is the first candidate with that span whose argmax is that
+    label."""
+    logits = numpy.asarray(logits, dtype="f")
+    found, labels, _ = decode(numpy.asarray(spans, "i").reshape(-1, 2), logits, **kwargs)
+    spans = [tuple(span) for span in spans]
+    return [
+        (
+            (s, e),
+            label,
+            next(
+                k for k, span in enumerate(spans) if span == (s, e) and logits[k].argmax() == label
+            ),
+        )
+        for (s, e), label in zip(found.tolist(), labels.tolist())
+    ]
+
+
+def flat(spans, logits, **kwargs):
+    return triples(decode_sentence, spans, logits, **kwargs)
+
+
 def one_hot(label, score, n_labels=5, rest=-1.0):
     row = [rest] * n_labels
     row[label] = score
@@ -48,53 +70,54 @@ def one_hot(label, score, n_labels=5, rest=-1.0):
 def test_ties_keep_enumeration_order():
     spans = [(0, 2), (1, 3)]
     logits = [one_hot(2, 5.0), one_hot(3, 5.0)]
-    assert decode_logits(spans, logits) == [((0, 2), 2, 0)]
+    assert flat(spans, logits) == [((0, 2), 2, 0)]
     # the same candidates enumerated the other way round: the other one wins
-    assert decode_logits(spans[::-1], logits[::-1]) == [((1, 3), 3, 0)]
+    assert flat(spans[::-1], logits[::-1]) == [((1, 3), 3, 0)]
     # a three-way tie: the first enumerated, then the first one that still fits
     spans = [(0, 1), (0, 2), (1, 2), (2, 3)]
     logits = [one_hot(1, 2.0)] * 4
-    assert [s for s, _, _ in decode_logits(spans, logits)] == [(0, 1), (1, 2), (2, 3)]
+    assert [s for s, _, _ in flat(spans, logits)] == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_overlaps_resolved_by_score():
     spans = [(0, 2), (1, 2), (2, 3), (0, 3)]
     logits = [one_hot(2, 3.0), one_hot(4, 4.0), one_hot(3, 1.0), one_hot(1, 2.5)]
     # (1,2) first; (0,2) and (0,3) overlap it; (2,3) is free
-    assert decode_logits(spans, logits) == [((1, 2), 4, 1), ((2, 3), 3, 2)]
+    assert flat(spans, logits) == [((1, 2), 4, 1), ((2, 3), 3, 2)]
     # raise (0,3) above everything: it blocks all the others
     logits[3] = one_hot(1, 9.0)
-    assert decode_logits(spans, logits) == [((0, 3), 1, 3)]
+    assert flat(spans, logits) == [((0, 3), 1, 3)]
 
 
 def test_no_entity_spans_are_dropped_and_block_nothing():
     spans = [(0, 3), (0, 1), (2, 3)]
     logits = [one_hot(0, 10.0), one_hot(1, 1.0), [0.5, 0.4, 0.2, 0.1, 0.0]]
     # (0,3) is NIL with the highest score, (2,3) is NIL too: only (0,1) survives
-    assert decode_logits(spans, logits) == [((0, 1), 1, 1)]
+    assert flat(spans, logits) == [((0, 1), 1, 1)]
     # the no-entity id is configurable (mLUKE-style label sets put "O" at 0 too, but a
     # checkpoint may not): with no_entity_id=1, (0,1) is dropped and NIL=0 counts
-    assert decode_logits(spans, logits, no_entity_id=1) == [((0, 3), 0, 0)]
-    assert decode_logits([], numpy.zeros((0, 5))) == []
+    rows = numpy.asarray(logits)
+    assert greedy_decode(spans, rows.max(1), rows.argmax(1).tolist(), no_entity_id=1) == [
+        ((0, 3), 0, 0)
+    ]
+    assert flat([], numpy.zeros((0, 5))) == []
 
 
 def test_first_max_wins_within_a_row():
     # argmax of a row with tied maxima is the first; a tie with NIL means NIL
     spans = [(0, 1), (1, 2)]
     logits = [[2.0, 2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0, 0.0]]
-    assert decode_logits(spans, logits) == [((1, 2), 1, 1)]
+    assert flat(spans, logits) == [((1, 2), 1, 1)]
 
 
 def test_preset_taken_words_are_respected():
     spans = [(0, 1), (0, 2), (1, 2), (2, 4), (3, 4)]
     logits = [one_hot(2, 1.0), one_hot(3, 9.0), one_hot(4, 2.0), one_hot(1, 3.0), one_hot(2, 0.5)]
-    assert decode_logits(spans, logits) == [((0, 2), 3, 1), ((2, 4), 1, 3)]
+    assert flat(spans, logits) == [((0, 2), 3, 1), ((2, 4), 1, 3)]
     # word 1 already belongs to an entity, word 3 too
-    got = decode_logits(spans, logits, taken=[1, 3])
+    got = flat(spans, logits, taken={1, 3})
     assert got == [((0, 1), 2, 0)]
-    # taken is any iterable, e.g. a generator or a range
-    assert decode_logits(spans, logits, taken=(w for w in [1, 3])) == got
-    assert decode_logits(spans, logits, taken=range(0, 4)) == []
+    assert flat(spans, logits, taken=set(range(0, 4))) == []
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -110,7 +133,7 @@ def test_matches_notebook_decode_on_random_logits(seed):
         preset[1] = "B-X"
         taken = [1]
     expected = notebook_tags(spans, logits.tolist(), n_words, preset)
-    accepted = decode_logits(spans, logits, taken=taken)
+    accepted = flat(spans, logits, taken=set(taken))
     assert to_tags(accepted, n_words, preset) == expected
     # acceptance order is descending by score
     scores = [float(logits[k].max()) for _, _, k in accepted]
@@ -135,12 +158,10 @@ def test_threshold_treats_unlikely_spans_as_no_entity(threshold):
     as_nil = logits.copy()
     as_nil[under, 0] = as_nil[under].max(axis=1) + 1.0
     expected = notebook_tags(spans, as_nil.tolist(), n_words)
-    accepted = decode_logits(spans, logits, threshold=cuts)
+    accepted = flat(spans, logits, threshold=cuts)
     assert to_tags(accepted, n_words) == expected
-    assert decode_nested_logits(spans, logits, threshold=cuts) == decode_nested_logits(
-        spans, as_nil
-    )
-    assert decode_logits(spans, logits, threshold=0.0) == decode_logits(spans, logits)
+    assert nested(spans, logits, threshold=cuts) == nested(spans, as_nil)
+    assert flat(spans, logits, threshold=0.0) == flat(spans, logits)
 
 
 def test_the_same_threshold_for_every_label_is_the_scalar():
@@ -148,16 +169,14 @@ def test_the_same_threshold_for_every_label_is_the_scalar():
     spans = [(i, j) for i in range(12) for j in range(i + 1, min(12, i + 4) + 1)]
     logits = rng.normal(scale=2.0, size=(len(spans), 5))
     same = label_thresholds(dict.fromkeys(LABELS[1:], 0.7), LABELS)
-    assert decode_logits(spans, logits, threshold=same) == decode_logits(
-        spans, logits, threshold=0.7
-    )
+    assert flat(spans, logits, threshold=same) == flat(spans, logits, threshold=0.7)
 
 
 # -- nested decoding ---------------------------------------------------------------------------
 
 
 def nested(spans, logits, **kwargs):
-    return decode_nested_logits(spans, numpy.asarray(logits, dtype="f"), **kwargs)
+    return triples(decode_sentence_nested, spans, logits, **kwargs)
 
 
 def test_nested_refuses_crossing_and_keeps_containment_either_way():
@@ -178,7 +197,7 @@ def test_nested_refuses_crossing_and_keeps_containment_either_way():
         ((1, 3), 2, 5),
     ]
     # the flat decoding of the same candidates keeps only non-overlapping ones
-    assert decode_logits(spans, logits) == [((0, 3), 4, 0), ((3, 5), 1, 3)]
+    assert flat(spans, logits) == [((0, 3), 4, 0), ((3, 5), 1, 3)]
     # an inner span scored first does not stop the outer one
     assert nested([(1, 2), (0, 3)], [one_hot(2, 9.0), one_hot(4, 1.0)]) == [
         ((1, 2), 2, 0),
@@ -249,7 +268,7 @@ def test_nested_rule_on_random_logits(seed):
 def test_disjoint_candidates_decode_alike_flat_and_nested():
     spans = [(0, 1), (1, 3), (3, 4), (5, 7)]
     logits = [one_hot(1, 1.0), one_hot(2, 4.0), one_hot(0, 3.0), one_hot(3, 2.0)]
-    assert nested(spans, logits) == decode_logits(spans, logits)
+    assert nested(spans, logits) == flat(spans, logits)
 
 
 # -- per-label thresholds, temperature, nil_veto ---------------------------------------------
@@ -292,7 +311,7 @@ def test_nil_veto_off_lets_likely_entities_under_nil_compete():
             [0.0, 0.0, 2.0, 0.0, 0.0],  # PER: the recipe's only entity
         ]
     )
-    assert decode_logits(spans, logits) == [((2, 3), 2, 2)]
+    assert flat(spans, logits) == [((2, 3), 2, 2)]
     got = decode_sentence(numpy.asarray(spans), logits, threshold=0.3, nil_veto=False)
     assert got[0].tolist() == [[2, 3], [0, 1]] and got[1].tolist() == [2, 1]
     numpy.testing.assert_allclose(got[2][1], softmax(logits[:1])[0, 1])

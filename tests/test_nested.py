@@ -7,12 +7,19 @@ from __future__ import annotations
 import numpy
 import pytest
 import spacy
+from confection import ConfigValidationError
 from conftest import make_nlp
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example
 from thinc.api import Adam
 
-from luke_spacy.decoding import decode_logits, decode_nested_logits, label_thresholds, softmax
+from luke_spacy.decoding import (
+    decode_sentence,
+    decode_sentence_nested,
+    label_thresholds,
+    softmax,
+)
+from luke_spacy.settings import SettingsError
 from luke_spacy.training import Coverage, GoldDoc, coverage, gold_entities, span_targets
 
 TEXTS = [
@@ -41,9 +48,11 @@ def test_nested_group_beside_unchanged_ents(tiny_luke):
         assert "nested" not in ref.spans
         (scores,) = ner.span_scores([both.make_doc(text)])
         names = ["NIL", *ner.labels]
-        expected = decode_nested_logits(scores.spans.tolist(), scores.logits)
+        # the wiring only: the nested rule itself is tested in test_decoding.py
+        found, ids, _ = decode_sentence_nested(scores.spans, scores.logits)
         group = doc.spans["nested"]
-        assert sorted(spans_of(group)) == sorted((s, e, names[k]) for (s, e), k, _ in expected)
+        expected = zip(found.tolist(), ids.tolist())
+        assert sorted(spans_of(group)) == sorted((s, e, names[k]) for (s, e), k in expected)
         rows = {tuple(span): k for k, span in enumerate(scores.spans.tolist())}
         for span, score in zip(group, group.attrs["scores"]):
             row = scores.logits[rows[(span.start, span.end)]]
@@ -114,8 +123,8 @@ def test_settings_round_trip_through_config_and_disk(tiny_luke, tmp_path):
         "temperature": 1.5,
         "nil_veto": False,
     }
-    with pytest.raises(ValueError, match="nil_veto"):
-        make_nlp(tiny_luke, **settings)("Peter lives in Paris .")  # MISC, ORG: no threshold
+    with pytest.raises(ConfigValidationError, match=r"leaves out \['MISC', 'ORG'\]"):
+        make_nlp(tiny_luke, **settings).initialize()  # refused before any Doc
     settings["threshold"] = {"PER": 0.25, "LOC": 0.5, "MISC": 0.3, "ORG": 0.3}
     nlp = make_nlp(tiny_luke, **settings)
     ner = nlp.get_pipe("luke_ner")
@@ -138,10 +147,23 @@ def test_settings_round_trip_through_config_and_disk(tiny_luke, tmp_path):
             )
 
 
-def test_threshold_table_must_name_the_models_labels(tiny_luke):
-    nlp = make_nlp(tiny_luke, threshold={"PERSON": 0.5})
-    with pytest.raises(ValueError, match=r"threshold names labels .*PERSON"):
-        nlp("Peter lives in Paris .")
+def test_threshold_table_must_name_the_models_labels(tiny_luke, tmp_path):
+    """Refused as soon as the checkpoint's labels are known (initialize, load, the lazy first
+    load), as the settings' config error, not when the first sentence is decoded."""
+    table = {"threshold": {"PERSON": 0.5}}
+    with pytest.raises(ConfigValidationError, match=r"threshold\s+names labels .*PERSON"):
+        make_nlp(tiny_luke, **table).initialize()
+    with pytest.raises(SettingsError, match=r"threshold names labels .*PERSON"):
+        make_nlp(tiny_luke, **table)("Peter lives in Paris .")  # the lazy first load
+    plain = make_nlp(tiny_luke)
+    plain.initialize()
+    plain.to_disk(tmp_path / "pipeline")
+    path = tmp_path / "pipeline" / "config.cfg"
+    config = spacy.util.load_config(path, interpolate=False)
+    config["components"]["luke_ner"].update(table)
+    config.to_disk(path)
+    with pytest.raises(ConfigValidationError, match=r"names labels .*PERSON"):
+        spacy.load(tmp_path / "pipeline")
 
 
 def test_a_threshold_table_thresholds_its_labels_only(tiny_luke):
@@ -156,8 +178,9 @@ def test_a_threshold_table_thresholds_its_labels_only(tiny_luke):
     for text, cut in zip(TEXTS, cut_docs):
         assert label not in {e.label_ for e in cut.ents}
         (scores,) = ner.span_scores([strict.make_doc(text)])
-        expected = decode_logits(scores.spans.tolist(), scores.logits, threshold=cuts)
-        assert spans_of(cut.ents) == sorted((s, e, names[k]) for (s, e), k, _ in expected)
+        found, ids, _ = decode_sentence(scores.spans, scores.logits, threshold=cuts)
+        expected = zip(found.tolist(), ids.tolist())
+        assert spans_of(cut.ents) == sorted((s, e, names[k]) for (s, e), k in expected)
     # the same number for every label is the scalar threshold
     table = make_nlp(tiny_luke, threshold=dict.fromkeys(ner.labels, 0.6))
     scalar = make_nlp(tiny_luke, threshold=0.6)

@@ -418,7 +418,7 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     """A long Doc is planned and run group by group and decoded sentence by sentence, with
     the entities that decoding all of its scores at once gives."""
     from luke_spacy import scheduling
-    from luke_spacy.decoding import decode_logits
+    from luke_spacy.decoding import decode_sentence
 
     budget = 256
     nlp = make_nlp(tiny_luke, max_batch_items=budget)
@@ -426,7 +426,8 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     doc = nlp.make_doc(" ".join(TEXTS * 10))
     doc.ents = [Span(doc, 3, 4, label="CUSTOM")]
     scores = ner.span_scores([doc])[0]
-    expected = decode_logits(scores.spans, scores.logits, taken=[3])
+    found, ids, _ = decode_sentence(scores.spans, scores.logits, taken={3})
+    expected = list(zip(map(tuple, found.tolist()), ids.tolist()))
     assert len(expected) > 10
 
     monkeypatch.setattr(scheduling, "GROUP_BATCHES", 2)
@@ -444,11 +445,11 @@ def test_predict_streams_a_long_doc_in_bounded_groups(tiny_luke, monkeypatch):
     assert len(held) > 3
     assert max(held) < 2 * budget
     assert [(s, e, label) for (s, e), label in zip(pred.spans.tolist(), pred.labels.tolist())] == (
-        sorted((s, e, label) for (s, e), label, _ in expected)
+        sorted((s, e, label) for (s, e), label in expected)
     )
     ner.set_annotations([doc], [pred])
     assert ents_of(doc) == sorted(
-        [(3, 4, "CUSTOM")] + [(s, e, ner.labels[label - 1]) for (s, e), label, _ in expected]
+        [(3, 4, "CUSTOM")] + [(s, e, ner.labels[label - 1]) for (s, e), label in expected]
     )
 
 
@@ -457,7 +458,7 @@ THRESHOLD_TEXTS = [t for t in TEXTS if t] * 2
 
 def thresholded(tiny_luke, cut):
     """Docs annotated with `threshold = cut`, checked against decoding the span scores."""
-    from luke_spacy.decoding import decode_logits, softmax
+    from luke_spacy.decoding import decode_sentence, softmax
 
     nlp = make_nlp(tiny_luke)
     ner = nlp.get_pipe("luke_ner")
@@ -468,8 +469,9 @@ def thresholded(tiny_luke, cut):
     gold = []
     for text, score in zip(THRESHOLD_TEXTS, scores):
         doc = strict(text)
-        expected = decode_logits(score.spans, score.logits, threshold=cut)
-        assert ents_of(doc) == sorted((s, e, ner.labels[i - 1]) for (s, e), i, _ in expected)
+        found, ids, _ = decode_sentence(score.spans, score.logits, threshold=cut)
+        expected = zip(found.tolist(), ids.tolist())
+        assert ents_of(doc) == sorted((s, e, ner.labels[i - 1]) for (s, e), i in expected)
         gold.append(doc)
     assert sum(map(len, (d.ents for d in gold))) < sum(len(nlp(t).ents) for t in THRESHOLD_TEXTS)
     return nlp, gold

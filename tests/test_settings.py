@@ -15,7 +15,7 @@ from confection import Config
 from luke_spacy import NerSettings, make_luke_ner
 from luke_spacy.model import build_luke_span_classifier
 from luke_spacy.pipe import DEFAULT_CONFIG
-from luke_spacy.settings import Attention, Context, DType, config_defaults
+from luke_spacy.settings import Attention, Context, DType, SettingsError, config_defaults
 
 BAD = [
     ({"max_mention_length": 0}, "max_mention_length"),
@@ -184,6 +184,9 @@ def test_a_threshold_table_is_kept_as_a_copy():
     table["PER"] = 0.0
     assert settings.threshold == {"LOC": 0.25, "PER": 1.0}
     assert isinstance(settings.threshold["PER"], float)
-    # with nil_veto off, a table is checked against the model's labels at decoding
+    # with nil_veto off, a table is checked against the model's labels when they are loaded
+    # (tests/test_nested.py); a 0.0 entry is refused at once
     assert NerSettings(threshold={"PER": 0.5}, nil_veto=False).nil_veto is False
+    with pytest.raises(SettingsError, match=r"nil_veto = false .* got 0.0 for \['PER'\]"):
+        NerSettings(threshold={"PER": 0.0, "LOC": 0.5}, nil_veto=False)
     assert NerSettings(threshold=0.3, nil_veto=False).threshold == 0.3

@@ -9,7 +9,7 @@ import numpy
 import pytest
 import spacy
 from conftest import make_nlp
-from spacy.tokens import DocBin, SpanGroup
+from spacy.tokens import DocBin, Span, SpanGroup
 
 from luke_spacy.cli import main
 from luke_spacy.decoding import decode_sentence, label_thresholds
@@ -17,8 +17,11 @@ from luke_spacy.tuning import (
     Decoding,
     ScoredCorpus,
     Tuner,
+    _grid,
+    candidate_targets,
     expected_calibration_error,
     fit_temperature,
+    score_corpus,
     tune_thresholds,
 )
 
@@ -36,7 +39,7 @@ def random_corpus(seed, n_docs=40, scale=1.0, labels=LABELS):
     """Docs of disjoint one-word candidate spans with random logits (so the flat decoding is
     every span's argmax), gold drawn from softmax(logits / scale)."""
     rng = numpy.random.default_rng(seed)
-    spans, logits, gold = [], [], []
+    spans, logits, gold, all_targets = [], [], [], []
     for _ in range(n_docs):
         n = 50
         z = rng.normal(scale=2.0, size=(n, len(labels)))
@@ -47,7 +50,8 @@ def random_corpus(seed, n_docs=40, scale=1.0, labels=LABELS):
         spans.append(doc_spans)
         logits.append(z * scale)
         gold.append({(i, i + 1, labels[t]) for i, t in enumerate(targets) if t})
-    return ScoredCorpus(spans, logits, gold, list(labels))
+        all_targets.append(numpy.asarray(targets))
+    return ScoredCorpus(spans, logits, gold, list(labels), all_targets)
 
 
 def test_fit_temperature_recovers_the_scale_of_the_logits():
@@ -72,7 +76,7 @@ def test_tuning_finds_the_thresholds_the_gold_was_made_with():
         spans.append(doc_spans)
         logits.append(z)
         gold.append({(s, e, LABELS[i]) for (s, e), i in zip(found.tolist(), ids.tolist())})
-    tuner = Tuner(ScoredCorpus(spans, logits, gold, LABELS))
+    tuner = Tuner(ScoredCorpus(spans, logits, gold, LABELS, targets=[]))  # no temperature
     start = Decoding({"A": 0.0, "B": 0.0})
     before = tuner.outcome(start)
     assert before.per_label["A"].f < 1.0
@@ -185,3 +189,69 @@ def test_tune_thresholds_nested_needs_the_nested_group(tiny_luke, tmp_path, caps
     argv = [tmp_path / "pipeline", tmp_path / "dev.spacy", tmp_path / "out", "--target", "nested"]
     code, _, err = run(capsys, *argv)
     assert code == 2 and "no nested_spans_key" in err
+
+
+def test_grid_keeps_every_step_below_one():
+    assert _grid(0.3, positive=False) == [0.0, 0.3, 0.6, 0.9]
+    assert _grid(0.4, positive=False) == [0.0, 0.4, 0.8]
+    assert _grid(0.25, positive=True) == [0.25, 0.5, 0.75]
+    assert _grid(0.05, positive=False) == [round(0.05 * i, 2) for i in range(20)]
+
+
+def test_tune_thresholds_keeps_the_pipelines_nil_veto(tiny_luke, tmp_path, capsys):
+    nlp = make_nlp(tiny_luke, nil_veto=False, threshold=0.3)
+    gold = list(nlp.pipe(TEXTS))
+    for doc in gold:
+        del doc.spans["luke_ner"]
+    nlp.to_disk(tmp_path / "pipeline")
+    DocBin(docs=gold).to_disk(tmp_path / "dev.spacy")
+    argv = [tmp_path / "pipeline", tmp_path / "dev.spacy", tmp_path / "out", "--step", "0.25"]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "nil_veto = false" in stdout
+    assert spacy.load(tmp_path / "out").get_pipe("luke_ner").settings.nil_veto is False
+    code, stdout, err = run(capsys, *argv, "--force", "--nil-veto")
+    assert code == 0, err
+    assert spacy.load(tmp_path / "out").get_pipe("luke_ner").settings.nil_veto is True
+
+
+def test_tune_thresholds_refuses_a_scores_file_it_would_damage(tiny_luke, tmp_path, capsys):
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    dev = tmp_path / "dev.spacy"
+    DocBin(docs=[]).to_disk(dev)
+    before = dev.read_bytes()
+    out = tmp_path / "out"
+    (tmp_path / "taken.json").write_text("mine")
+    for scores, message in [
+        (dev, "is the dev corpus"),
+        (tmp_path / "." / "dev.spacy", "is the dev corpus"),
+        (tmp_path / "pipeline" / "config.cfg", "inside PIPELINE"),
+        (tmp_path / "pipeline" / "new.json", "inside PIPELINE"),
+        (out / "scores.json", "inside OUT"),
+        (tmp_path / "taken.json", "already exists"),
+        (tmp_path / "nowhere" / "scores.json", "there is no folder"),
+    ]:
+        code, stdout, err = run(capsys, tmp_path / "pipeline", dev, out, "--scores", scores)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert stdout == "" and not out.exists()  # before any work
+    assert dev.read_bytes() == before
+    assert (tmp_path / "taken.json").read_text() == "mine"
+
+
+def test_temperature_targets_are_the_training_targets(tiny_luke, tmp_path):
+    """A span with two gold labels is the first one's, as in training (not alphabetical)."""
+    nlp = make_nlp(tiny_luke, nested_spans_key="nested")
+    nlp.initialize()
+    labels = ["NIL", *nlp.get_pipe("luke_ner").labels]
+    first, second = sorted(labels[1:])[1], sorted(labels[1:])[0]  # group order != alphabetical
+    doc = nlp.make_doc("Peter Blackburn met Angela Merkel .")
+    doc.spans["nested"] = [Span(doc, 0, 2, first), Span(doc, 0, 2, second), Span(doc, 3, 5, first)]
+    DocBin(docs=[doc]).to_disk(tmp_path / "dev.spacy")
+    corpus = score_corpus(nlp, "luke_ner", str(tmp_path / "dev.spacy"), "nested")
+    _, targets = candidate_targets(corpus)
+    spans = numpy.concatenate(corpus.spans).tolist()
+    by_span = {tuple(span): labels[t] for span, t in zip(spans, targets.tolist())}
+    assert by_span[(0, 2)] == first and by_span[(3, 5)] == first
+    assert {label for span, label in by_span.items() if span not in {(0, 2), (3, 5)}} == {"NIL"}
