@@ -352,7 +352,7 @@ def run_tune_thresholds(args: argparse.Namespace) -> int:
     check_new_folder(
         out,
         args.force,
-        written="the tuned pipeline (what already exists there is overwritten)",
+        written="the tuned pipeline",
         sources=[("the pipeline itself", Path(args.pipeline))],
     )
     if args.scores:

@@ -146,7 +146,7 @@ def test_tune_thresholds_command(tiny_luke, tmp_path, capsys):
         ]
     # an existing OUT is never overwritten without --force; the pipeline itself never
     code, _, err = run(capsys, pipeline, tmp_path / "dev.spacy", out)
-    assert code == 2 and "already exists" in err and "--force" in err
+    assert code == 2 and "already holds files" in err and "--force" in err
     code, _, err = run(capsys, pipeline, tmp_path / "dev.spacy", pipeline, "--force")
     assert code == 2 and "the pipeline itself" in err
     # --temperature: one temperature fitted first, the calibration error before and after
