@@ -232,9 +232,31 @@ class OrtBackend:
         load: Callable[[], None],
         revision: Optional[str] = None,
     ) -> None:
-        """Open the cached export of a checkpoint, exporting it first if there is none."""
+        """Open the cached export of a checkpoint, exporting it first if there is none. Torch
+        weights loaded here (to fingerprint or export the checkpoint) are dropped again, so
+        that they do not stay in memory next to ONNX Runtime's."""
         source = self.source
         in_memory = source.is_loaded  # weights that may differ from any file (trained here)
+        try:
+            target, fingerprint, manifest = self._cached(name, folder, load, revision)
+            if manifest is None:
+                self._write_cache(name, target, fingerprint, load)
+        finally:
+            if not in_memory:
+                source.unload()
+        self._open(target, "cache", manifest=manifest)
+
+    def _cached(
+        self,
+        name: str,
+        folder: Optional[Path],
+        load: Callable[[], None],
+        revision: Optional[str],
+    ) -> Tuple[Path, str, Optional[Dict[str, Any]]]:
+        """The cache folder of the checkpoint's export, the checkpoint's fingerprint, and the
+        export's checked manifest (None when there is no sound export there yet)."""
+        source = self.source
+        in_memory = source.is_loaded
         if folder is None and not in_memory:
             load()  # a hub id not in the local cache yet: download it
             folder = local_checkpoint(name, revision or "main")
@@ -245,19 +267,28 @@ class OrtBackend:
         else:
             fingerprint = folder_fingerprint(folder)
         target = cache_dir() / cache_key(fingerprint)
-        if is_export(target):
-            try:
-                self._open(target, "cache")
-                return
-            except CheckpointError as err:
-                logger.warning(
-                    "luke_ner: the cached ONNX export %s is damaged (%s); exporting again.",
-                    target,
-                    error_line(err),
-                )
-                shutil.rmtree(target, ignore_errors=True)
+        if not is_export(target):
+            return target, fingerprint, None
+        try:
+            # Only the export's own check repairs the cache: a tokenizer that cannot be read
+            # or a session that cannot start (a GPU, memory) would fail again after exporting.
+            return target, fingerprint, check_export(target)
+        except CheckpointError as err:
+            logger.warning(
+                "luke_ner: the cached ONNX export %s is damaged (%s); exporting again.",
+                target,
+                error_line(err),
+            )
+            shutil.rmtree(target, ignore_errors=True)
+            return target, fingerprint, None
+
+    def _write_cache(
+        self, name: str, target: Path, fingerprint: str, load: Callable[[], None]
+    ) -> None:
+        """Export the checkpoint into the cache folder `target`."""
         from .onnx_graph import write_export
 
+        source = self.source
         logger.warning(
             "luke_ner: exporting '%s' to ONNX for backend = 'onnxruntime', once per checkpoint "
             "(about 2 minutes for LUKE-large on 2 CPU cores, seconds for small models); cached "
@@ -267,8 +298,7 @@ class OrtBackend:
             CACHE_ENV,
         )
         start = time.perf_counter()
-        loaded_here = not source.is_loaded
-        if loaded_here:
+        if not source.is_loaded:
             load()
         tmp = _temporary(target)
         try:
@@ -281,9 +311,6 @@ class OrtBackend:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            if loaded_here:
-                source.unload()  # its weights would stay next to ONNX Runtime's
         _publish(tmp, target)
         size = sum(file.stat().st_size for file in _files(target))
         logger.warning(
@@ -293,11 +320,18 @@ class OrtBackend:
             size / 1e6,
             target,
         )
-        self._open(target, "cache")
 
-    def _open(self, folder: Path, origin: str, expected_source: Optional[str] = None) -> None:
-        """Check an export folder, read its tokenizer and config and start its session."""
-        manifest = check_export(folder, expected_source)
+    def _open(
+        self,
+        folder: Path,
+        origin: str,
+        expected_source: Optional[str] = None,
+        manifest: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Check an export folder (unless its checked `manifest` is given), read its tokenizer
+        and config and start its session."""
+        if manifest is None:
+            manifest = check_export(folder, expected_source)
         tokenizer, config = self._read_files(folder)
         loaded = LoadedExport(folder, manifest, tokenizer, config)
         session = self._new_session(loaded)
@@ -330,7 +364,7 @@ class OrtBackend:
             session = onnxruntime.InferenceSession(
                 str(file), options, providers=providers(self._settings.device)
             )
-        except Exception as err:  # ONNX Runtime raises its own types for unreadable graphs
+        except _graph_errors() as err:  # a graph ONNX Runtime cannot read, not a GPU failure
             raise CheckpointError(
                 f"ONNX Runtime cannot load '{file}' ({error_line(err, with_type=True)}); "
                 "export the checkpoint again."
@@ -380,6 +414,13 @@ def providers(device: Optional[str]) -> List[Any]:
             f"CUDA provider: pip install onnxruntime-gpu (this onnxruntime offers {available})."
         )
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
+
+
+def _graph_errors() -> Tuple[type, ...]:
+    """ONNX Runtime's exception types for a graph file it cannot read."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.Fail)
 
 
 def _env_threads() -> Optional[int]:

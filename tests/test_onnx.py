@@ -181,6 +181,7 @@ def test_the_export_is_cached_and_its_folder_told(tiny_luke, caplog):
     assert get_objects(first.get_pipe("luke_ner").model) is None
     before = file_digest(folder / GRAPH_NAME)
     second = make_nlp(tiny_luke, backend="onnxruntime")
+    caplog.clear()
     with caplog.at_level("WARNING"):
         second("again")
     assert not any("exporting" in r.getMessage() for r in caplog.records)
@@ -385,6 +386,65 @@ def test_a_damaged_cache_entry_is_exported_again(tiny_luke, tmp_path, monkeypatc
     with open(folder / GRAPH_NAME, "r+b") as f:
         f.truncate(100)
     assert entities(make_nlp(tiny_luke, backend="onnxruntime").pipe(TEXTS)) == expected
+
+
+def test_weights_loaded_to_export_a_checkpoint_not_on_this_machine_are_dropped(
+    tiny_luke, tmp_path, monkeypatch
+):
+    """A hub id not in the Hugging Face cache yet is downloaded (loaded) to fingerprint it:
+    its torch weights are dropped after the export, and after a cache hit too."""
+    from luke_spacy.model import get_objects
+
+    monkeypatch.setenv("LUKE_SPACY_CACHE", str(tmp_path / "cache"))
+    real = onnx_backend.local_checkpoint
+    for _ in range(2):  # an export, then a cache hit
+        calls = []
+
+        def not_cached_yet(name, revision="main", calls=calls):
+            calls.append(name)
+            return None if len(calls) == 1 else real(name, revision)
+
+        monkeypatch.setattr(onnx_backend, "local_checkpoint", not_cached_yet)
+        nlp = make_nlp(tiny_luke, backend="onnxruntime")
+        nlp("warm up")
+        assert len(calls) == 2  # the checkpoint was loaded, then found
+        assert get_objects(nlp.get_pipe("luke_ner").model) is None
+
+
+def test_a_session_or_tokenizer_error_keeps_the_cache_entry(tiny_luke, tmp_path, monkeypatch):
+    """Only the export's own check repairs the cache: ONNX Runtime failing to start a session
+    (a GPU, memory) or a tokenizer that cannot be read leaves a sound export where it is."""
+    import onnxruntime
+
+    monkeypatch.setenv("LUKE_SPACY_CACHE", str(tmp_path / "cache"))
+    first = make_nlp(tiny_luke, backend="onnxruntime")
+    first("warm up")
+    folder = first.get_pipe("luke_ner").runtime.backend.folder
+    before = file_digest(folder / GRAPH_NAME)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_graph, "write_export", refuse)
+
+    def no_session(*args, **kwargs):
+        raise RuntimeError("CUDA failure: out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(onnxruntime, "InferenceSession", no_session)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            make_nlp(tiny_luke, backend="onnxruntime").initialize()
+
+    def no_tokenizer(folder):
+        raise CheckpointError("this tokenizer needs sentencepiece")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("luke_spacy.model.load_files", no_tokenizer)
+        with pytest.raises(CheckpointError, match="sentencepiece"):
+            make_nlp(tiny_luke, backend="onnxruntime").initialize()
+    assert file_digest(folder / GRAPH_NAME) == before
+    again = make_nlp(tiny_luke, backend="onnxruntime")
+    assert entities(again.pipe(TEXTS)) == entities(first.pipe(TEXTS))
 
 
 # -- what the backend refuses --------------------------------------------------------------
