@@ -27,6 +27,7 @@ from spacy.util import logger
 from thinc.api import Model, get_current_ops
 
 from .backend import Backend, Backprop, Inputs
+from .checkpoint import remove_weights
 from .errors import CheckpointError, error_line
 from .onnx_files import (
     CACHE_ENV,
@@ -76,7 +77,7 @@ class OrtBackend:
 
     model (Model): The Thinc model (its attrs name the checkpoint).
     source (Backend): The torch backend of the same model: it loads and exports checkpoints
-        (needs `scorer` and `unload` besides the Backend interface).
+        (needs `scorer`, `unload` and `set_folder` besides the Backend interface).
     read_files (Callable[[Path], Tuple[Any, Any]]): Reads the tokenizer and config of an
         export folder, with the checkpoint checks (`model.load_files`).
     """
@@ -153,6 +154,9 @@ class OrtBackend:
         torch backend) the export `onnx_path` names, checked to be of this checkpoint, or an
         export of its checkpoint made on first use."""
         path = Path(path)
+        # Switched to torch later, the pipeline's weights come from here, never the base
+        # checkpoint named in attrs.
+        self.source.set_folder(path)
         if is_export(path):
             self._open(path, "saved")
         elif self._settings.onnx_path is not None:
@@ -161,12 +165,14 @@ class OrtBackend:
             self._export_checkpoint(str(path), path, lambda: self.source.load_local(path))
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write the export's files (graph, manifest, config, tokenizer) into the folder."""
+        """Write the export's files (graph, manifest, config, tokenizer) into the folder, and
+        delete torch weights left there by an earlier save with backend = 'torch'."""
         export = self._export()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if path.resolve() == export.folder.resolve():
             return
+        remove_weights(path)
         for file in _files(export.folder):
             shutil.copyfile(file, path / file.name)
 

@@ -296,6 +296,66 @@ def test_a_torch_pipeline_loads_on_onnxruntime(tiny_luke, tiny_export, tmp_path)
         spacy.load(tmp_path / "pipeline", config={"components": {"luke_ner": overrides}})
 
 
+def trained_nlp(checkpoint):
+    """A torch pipeline whose weights are no longer the checkpoint's (as after training)."""
+    from luke_spacy.model import get_scorer
+
+    nlp = make_nlp(checkpoint)
+    nlp.initialize()
+    with torch.no_grad():
+        get_scorer(nlp.get_pipe("luke_ner").model).hf.classifier.weight.mul_(-1.0)
+    assert entities(nlp.pipe(TEXTS)) != entities(make_nlp(checkpoint).pipe(TEXTS))
+    return nlp
+
+
+def as_backend(backend):
+    return {"components": {"luke_ner": {"backend": backend}}}
+
+
+def test_a_save_removes_the_other_backends_files(tiny_luke, tmp_path):
+    """Saved with onnxruntime, then with torch into the same folder (or the reverse): the
+    first save's files are gone, so no backend runs them instead of the second save."""
+    trained = trained_nlp(tiny_luke)
+    expected = entities(trained.pipe(TEXTS))
+    base = make_nlp(tiny_luke, backend="onnxruntime")
+    base.initialize()
+    model_dir = tmp_path / "pipeline" / "luke_ner" / "model"
+    base.to_disk(tmp_path / "pipeline")
+    trained.to_disk(tmp_path / "pipeline")
+    assert not (model_dir / MANIFEST_NAME).exists() and not (model_dir / GRAPH_NAME).exists()
+    loaded = spacy.load(tmp_path / "pipeline", config=as_backend("onnxruntime"))
+    assert entities(loaded.pipe(TEXTS)) == expected
+    # the reverse: the trained torch weights are not left next to the base export
+    trained.to_disk(tmp_path / "pipeline")
+    base.to_disk(tmp_path / "pipeline")
+    assert (model_dir / MANIFEST_NAME).is_file() and not list(model_dir.glob("*.safetensors"))
+    with pytest.raises(CheckpointError, match="no weights"):
+        spacy.load(tmp_path / "pipeline", config=as_backend("torch"))
+
+
+def test_switching_a_loaded_pipeline_to_torch_keeps_its_own_weights(tiny_luke, tmp_path):
+    """A pipeline loaded with onnxruntime and switched to torch runs its saved weights, never
+    the untrained checkpoint its attrs name; one saved without torch weights refuses."""
+    trained = trained_nlp(tiny_luke)
+    expected = entities(trained.pipe(TEXTS))
+    trained.to_disk(tmp_path / "torch")
+    nlp = spacy.load(tmp_path / "torch", config=as_backend("onnxruntime"))
+    assert entities(nlp.pipe(TEXTS)) == expected
+    ner = nlp.get_pipe("luke_ner")
+    ner.cfg = {**ner.cfg, "backend": "torch"}
+    assert type(ner.runtime.backend).__name__ == "TorchBackend"
+    assert entities(nlp.pipe(TEXTS)) == expected
+    # saved with onnxruntime: no torch weights to switch to
+    spacy.load(tmp_path / "torch", config=as_backend("onnxruntime")).to_disk(tmp_path / "ort")
+    nlp = spacy.load(tmp_path / "ort")
+    assert entities(nlp.pipe(TEXTS)) == expected
+    ner = nlp.get_pipe("luke_ner")
+    ner.cfg = {**ner.cfg, "backend": "torch"}
+    with pytest.raises(CheckpointError, match="holds an ONNX export only") as err:
+        nlp("Peter lives in Paris .")
+    assert "\n" not in str(err.value)
+
+
 # -- damaged and mismatched exports ---------------------------------------------------------
 
 
