@@ -12,6 +12,7 @@ cached (`onnx_files.cache_dir`). Exporting and reading tokenizer files are the t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -187,14 +188,29 @@ class OrtBackend:
                 "These bytes hold no ONNX export (a pipeline serialized with backend = "
                 "'torch'?); load them with backend = 'torch'."
             )
-        key = cache_key("bytes:" + srsly.json_dumps(srsly.json_loads(files[MANIFEST_NAME])))
-        target = cache_dir() / key
-        if not is_export(target):
+        odd = sorted(repr(name) for name in files if not _plain_name(name))
+        if odd or not all(isinstance(content, bytes) for content in files.values()):
+            raise CheckpointError(
+                f"These bytes are not an ONNX export of luke-spacy: file names that are not "
+                f"plain names ({', '.join(odd[:3]) or 'none'}) or contents that are not bytes."
+            )
+        # Keyed on every file, so that two exports of one graph with other tokenizer or
+        # config files never share a folder.
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        target = cache_dir() / cache_key("bytes:sha256:" + digest.hexdigest())
+        manifest = _sound_export(target)
+        if manifest is None:
             tmp = _temporary(target)
-            for name, content in files.items():
-                (tmp / name).write_bytes(content)
+            try:
+                for name, content in files.items():
+                    (tmp / name).write_bytes(content)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             _publish(tmp, target)
-        self._open(target, "saved")
+        self._open(target, "saved", manifest=manifest)
 
     def predict(
         self, inputs: Inputs, want_words: bool
@@ -273,20 +289,7 @@ class OrtBackend:
         else:
             fingerprint = folder_fingerprint(folder)
         target = cache_dir() / cache_key(fingerprint)
-        if not is_export(target):
-            return target, fingerprint, None
-        try:
-            # Only the export's own check repairs the cache: a tokenizer that cannot be read
-            # or a session that cannot start (a GPU, memory) would fail again after exporting.
-            return target, fingerprint, check_export(target)
-        except CheckpointError as err:
-            logger.warning(
-                "luke_ner: the cached ONNX export %s is damaged (%s); exporting again.",
-                target,
-                error_line(err),
-            )
-            shutil.rmtree(target, ignore_errors=True)
-            return target, fingerprint, None
+        return target, fingerprint, _sound_export(target)
 
     def _write_cache(
         self, name: str, target: Path, fingerprint: str, load: Callable[[], None]
@@ -420,6 +423,36 @@ def providers(device: Optional[str]) -> List[Any]:
             f"CUDA provider: pip install onnxruntime-gpu (this onnxruntime offers {available})."
         )
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
+
+
+def _sound_export(target: Path) -> Optional[Dict[str, Any]]:
+    """The checked manifest of a cache entry; None when there is none, or when it is damaged
+    (then it is deleted, to be written again). Only the export's own check repairs the cache:
+    a tokenizer that cannot be read or a session that cannot start (a GPU, memory) would fail
+    again after exporting."""
+    if not is_export(target):
+        return None
+    try:
+        return check_export(target)
+    except CheckpointError as err:
+        logger.warning(
+            "luke_ner: the cached ONNX export %s is damaged (%s); writing it again.",
+            target,
+            error_line(err),
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether a file name from bytes names a file in its folder (no path, no `..`)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 def _graph_errors() -> Tuple[type, ...]:

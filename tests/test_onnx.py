@@ -356,6 +356,53 @@ def test_switching_a_loaded_pipeline_to_torch_keeps_its_own_weights(tiny_luke, t
     assert "\n" not in str(err.value)
 
 
+def test_from_bytes_refuses_odd_names_repairs_the_cache_and_cleans_up(
+    tiny_luke, tmp_path, monkeypatch
+):
+    import srsly
+
+    monkeypatch.setenv("LUKE_SPACY_CACHE", str(tmp_path / "cache"))
+    nlp = make_nlp(tiny_luke, backend="onnxruntime")
+    expected = entities(nlp.pipe(TEXTS))
+    data = nlp.get_pipe("luke_ner").runtime.backend.to_bytes()
+    files = srsly.msgpack_loads(data)["onnx_export"]
+
+    def fresh_backend():
+        return make_nlp(tiny_luke, backend="onnxruntime").get_pipe("luke_ner").runtime.backend
+
+    # a name that leaves the folder is refused, and nothing is written outside it
+    for name in ("../escaped.txt", "sub/x.txt", ".."):
+        odd = srsly.msgpack_dumps({"onnx_export": {**files, name: b"x"}})
+        with pytest.raises(CheckpointError, match="not plain names"):
+            fresh_backend().from_bytes(odd)
+    assert not list(tmp_path.rglob("escaped.txt")) and not list(tmp_path.rglob("x.txt"))
+    # a damaged cache entry of these bytes is written again from them
+    backend = fresh_backend()
+    backend.from_bytes(data)
+    folder = backend.folder
+    with open(folder / GRAPH_NAME, "r+b") as f:
+        f.truncate(100)
+    clone = make_nlp(tiny_luke, backend="onnxruntime")
+    clone.get_pipe("luke_ner").runtime.backend.from_bytes(data)
+    assert clone.get_pipe("luke_ner").runtime.backend.folder == folder
+    assert entities(clone.pipe(TEXTS)) == expected
+    # the same graph with another tokenizer file gets its own folder
+    other = {**files, "vocab.json": files["vocab.json"] + b" "}
+    backend = fresh_backend()
+    backend.from_bytes(srsly.msgpack_dumps({"onnx_export": other}))
+    assert backend.folder != folder
+    # a write that fails leaves no temporary folder behind
+    shutil.rmtree(tmp_path / "cache")
+
+    def disk_full(self, content):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        fresh_backend().from_bytes(data)
+    assert list((tmp_path / "cache" / "onnx").iterdir()) == []
+
+
 # -- damaged and mismatched exports ---------------------------------------------------------
 
 
