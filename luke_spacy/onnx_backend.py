@@ -42,7 +42,7 @@ from .onnx_files import (
     is_export,
     local_checkpoint,
 )
-from .settings import NerSettings
+from .settings import NerSettings, SettingsError
 
 EXTRA_MISSING = (
     "luke_ner: backend = 'onnxruntime' needs ONNX Runtime and onnx: "
@@ -392,7 +392,7 @@ def providers(device: Optional[str]) -> List[Any]:
     the CPU for what CUDA does not run) for a GPU device, or for device = None when spaCy
     runs on a GPU (`spacy.require_gpu`) and onnxruntime-gpu is installed.
 
-    RAISES (ValueError): A GPU is asked for and this onnxruntime has no CUDA provider, or the
+    RAISES (SettingsError): A GPU is asked for and this onnxruntime has no CUDA provider, or the
         device is neither a CPU nor a CUDA device.
     """
     import onnxruntime
@@ -413,14 +413,25 @@ def providers(device: Optional[str]) -> List[Any]:
     if kind == "cpu" and not index:
         return [CPU_PROVIDER]
     if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(
-            f"luke_ner: device {device!r} cannot be used with backend = 'onnxruntime'; use "
-            "null, 'cpu' or 'cuda:0'."
+        raise SettingsError(
+            [
+                (
+                    "device",
+                    f"{device!r} cannot be used with backend = 'onnxruntime'; use null, 'cpu' "
+                    "or 'cuda:0'",
+                )
+            ]
         )
     if CUDA_PROVIDER not in available:
-        raise ValueError(
-            f"luke_ner: device {device!r} with backend = 'onnxruntime' needs ONNX Runtime's "
-            f"CUDA provider: pip install onnxruntime-gpu (this onnxruntime offers {available})."
+        raise SettingsError(
+            [
+                (
+                    "device",
+                    f"{device!r} with backend = 'onnxruntime' needs ONNX Runtime's CUDA "
+                    "provider: pip install onnxruntime-gpu (this onnxruntime offers "
+                    f"{available})",
+                )
+            ]
         )
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 

@@ -597,11 +597,20 @@ def test_devices(monkeypatch, tiny_luke):
 
     assert onnx_backend.providers(None) == ["CPUExecutionProvider"]
     assert onnx_backend.providers("cpu") == ["CPUExecutionProvider"]
+    from confection import ConfigValidationError
+
+    from luke_spacy.settings import SettingsError
+
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(ValueError, match="pip install onnxruntime-gpu"):
+        # a formatted config error naming the setting, as the torch backend's
+        with pytest.raises(ConfigValidationError, match="pip install onnxruntime-gpu") as err:
             make_nlp(tiny_luke, backend="onnxruntime", device="cuda:0")
-    with pytest.raises(ValueError, match="'mps' cannot be used with backend = 'onnxruntime'"):
+        assert [e["loc"] for e in err.value.errors] == [["luke_ner", "device"]]
+    with pytest.raises(SettingsError, match="'mps' cannot be used with backend = 'onnxruntime'"):
         onnx_backend.providers("mps")
+    with pytest.raises(ConfigValidationError, match="cannot be used with backend") as err:
+        make_nlp(tiny_luke, backend="onnxruntime", device="mps")
+    assert [e["loc"] for e in err.value.errors] == [["luke_ner", "device"]]
     monkeypatch.setattr(
         onnxruntime,
         "get_available_providers",
