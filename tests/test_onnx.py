@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -268,6 +269,37 @@ def test_spacy_load_runs_the_saved_export_without_exporting(tiny_luke, tmp_path,
     clone.from_bytes(loaded.to_bytes())
     assert entities(clone.pipe(TEXTS)) == expected
     assert entities(pickle.loads(pickle.dumps(loaded)).pipe(TEXTS)) == expected
+
+
+def test_a_pipeline_saved_with_onnxruntime_asks_for_the_extra(tiny_luke, tmp_path):
+    """The README's recipe never calls initialize: `spacy.load(torch pipeline, backend =
+    onnxruntime).to_disk(...)`; its meta (what `spacy package` installs) asks for
+    luke-spacy[onnx], and so does one switched to onnxruntime through cfg."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("luke-spacy")
+    except PackageNotFoundError:
+        pytest.skip("luke-spacy is not installed: no requirement is recorded")
+
+    def onnx_required(folder):
+        meta = json.loads((folder / "meta.json").read_text())
+        return any(re.match(r"luke-spacy\[.*onnx.*\]", r) for r in meta["requirements"])
+
+    nlp = make_nlp(tiny_luke)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "torch")
+    assert not onnx_required(tmp_path / "torch")
+    spacy.load(tmp_path / "torch", config=as_backend("onnxruntime")).to_disk(tmp_path / "ort")
+    assert onnx_required(tmp_path / "ort")
+    spacy.load(tmp_path / "ort").to_disk(tmp_path / "again")
+    assert onnx_required(tmp_path / "again")
+    switched = spacy.load(tmp_path / "torch")
+    ner = switched.get_pipe("luke_ner")
+    ner.cfg = {**ner.cfg, "backend": "onnxruntime"}
+    switched("A text exports it.")
+    switched.to_disk(tmp_path / "switched")
+    assert onnx_required(tmp_path / "switched")
 
 
 def test_a_torch_pipeline_loads_on_onnxruntime(tiny_luke, other_luke, tmp_path):
