@@ -238,8 +238,10 @@ class OrtBackend:
             onnx_path = self._settings.onnx_path
             name, revision = self.model.attrs["name"], self.model.attrs["revision"]
             if onnx_path is not None:
-                # The checkpoint named beside it is checked where its files are at hand.
-                expected = folder_fingerprint(Path(name)) if os.path.isdir(name) else None
+                # The checkpoint named beside it is checked where its files are at hand: a
+                # local folder, or a hub id in the Hugging Face cache.
+                folder = local_checkpoint(name, revision)
+                expected = folder_fingerprint(folder) if folder is not None else None
                 self._open(Path(onnx_path), "setting", expected)
             else:
                 folder = local_checkpoint(name, revision)

@@ -476,6 +476,23 @@ def test_an_export_of_another_checkpoint_is_refused_for_a_local_checkpoint(
     assert entities(nlp.pipe(TEXTS)) == entities(make_nlp(other_luke).pipe(TEXTS))
 
 
+def test_an_export_of_another_checkpoint_is_refused_for_a_cached_hub_id(
+    tiny_luke, other_luke, tmp_path, monkeypatch
+):
+    """A hub id in the Hugging Face cache is checked as a local folder is."""
+    real = onnx_backend.local_checkpoint
+    monkeypatch.setattr(
+        onnx_backend,
+        "local_checkpoint",
+        lambda name, revision="main": tiny_luke if name == "owner/cached" else real(name, revision),
+    )
+    export_onnx(other_luke, tmp_path / "other")
+    with pytest.raises(CheckpointError, match="exported from another checkpoint"):
+        load_export("owner/cached", tmp_path / "other")
+    export_onnx(tiny_luke, tmp_path / "own")
+    assert entities(load_export("owner/cached", tmp_path / "own").pipe(TEXTS))
+
+
 def test_wrong_labels_are_refused(tiny_luke, export_copy):
     config_file = export_copy / "config.json"
     config = json.loads(config_file.read_text())
