@@ -17,10 +17,11 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
@@ -200,16 +201,17 @@ class OrtBackend:
         for name in sorted(files):
             digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
         target = cache_dir() / cache_key("bytes:sha256:" + digest.hexdigest())
-        manifest = _sound_export(target)
-        if manifest is None:
-            tmp = _temporary(target)
-            try:
-                for name, content in files.items():
-                    (tmp / name).write_bytes(content)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _publish(tmp, target)
+        with _cache_lock(target):
+            manifest = _sound_export(target)
+            if manifest is None:
+                tmp = _temporary(target)
+                try:
+                    for name, content in files.items():
+                        (tmp / name).write_bytes(content)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                _publish(tmp, target)
         self._open(target, "saved", manifest=manifest)
 
     def predict(
@@ -262,23 +264,24 @@ class OrtBackend:
         source = self.source
         in_memory = source.is_loaded  # weights that may differ from any file (trained here)
         try:
-            target, fingerprint, manifest = self._cached(name, folder, load, revision)
-            if manifest is None:
-                self._write_cache(name, target, fingerprint, load)
+            target, fingerprint = self._cache_target(name, folder, load, revision)
+            with _cache_lock(target):
+                manifest = _sound_export(target)
+                if manifest is None:
+                    self._write_cache(name, target, fingerprint, load)
         finally:
             if not in_memory:
                 source.unload()
         self._open(target, "cache", manifest=manifest)
 
-    def _cached(
+    def _cache_target(
         self,
         name: str,
         folder: Optional[Path],
         load: Callable[[], None],
         revision: Optional[str],
-    ) -> Tuple[Path, str, Optional[Dict[str, Any]]]:
-        """The cache folder of the checkpoint's export, the checkpoint's fingerprint, and the
-        export's checked manifest (None when there is no sound export there yet)."""
+    ) -> Tuple[Path, str]:
+        """The cache folder of the checkpoint's export and the checkpoint's fingerprint."""
         source = self.source
         in_memory = source.is_loaded
         if folder is None and not in_memory:
@@ -290,8 +293,7 @@ class OrtBackend:
             fingerprint = state_fingerprint(source.scorer, source.tokenizer)
         else:
             fingerprint = folder_fingerprint(folder)
-        target = cache_dir() / cache_key(fingerprint)
-        return target, fingerprint, _sound_export(target)
+        return cache_dir() / cache_key(fingerprint), fingerprint
 
     def _write_cache(
         self, name: str, target: Path, fingerprint: str, load: Callable[[], None]
@@ -436,6 +438,29 @@ def providers(device: Optional[str]) -> List[Any]:
             ]
         )
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
+
+
+@contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """Hold the lock of a cache entry while it is checked, repaired or written: one process
+    at a time, so that `nlp.pipe(n_process=N)` workers started before the parent used the
+    pipeline do not all export LUKE-large at once, and a repair never deletes an entry that
+    another process has just published."""
+    from filelock import FileLock, Timeout
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning(
+            "luke_ner: waiting for another process writing the ONNX export %s.", target
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _sound_export(target: Path) -> Optional[Dict[str, Any]]:

@@ -431,7 +431,7 @@ def test_from_bytes_refuses_odd_names_repairs_the_cache_and_cleans_up(
     monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(OSError, match="No space"):
         fresh_backend().from_bytes(data)
-    assert list((tmp_path / "cache" / "onnx").iterdir()) == []
+    assert [p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir()] == []
 
 
 # -- damaged and mismatched exports ---------------------------------------------------------
@@ -564,6 +564,29 @@ def test_weights_loaded_to_export_a_checkpoint_not_on_this_machine_are_dropped(
         nlp("warm up")
         assert len(calls) == 2  # the checkpoint was loaded, then found
         assert get_objects(nlp.get_pipe("luke_ner").model) is None
+
+
+def test_a_cache_entry_is_written_under_its_lock(tiny_luke, tmp_path, monkeypatch):
+    """Exports of one checkpoint by several processes (n_process workers) wait for each
+    other: the entry's lock is held while it is written, and released afterwards."""
+    from filelock import FileLock, Timeout
+
+    monkeypatch.setenv("LUKE_SPACY_CACHE", str(tmp_path / "cache"))
+    real = onnx_graph.write_export
+    held = []
+
+    def write_export(*args, **kwargs):
+        (lock_file,) = (tmp_path / "cache" / "onnx").glob(".*.lock")
+        with pytest.raises(Timeout):
+            FileLock(str(lock_file)).acquire(timeout=0)
+        held.append(lock_file)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_graph, "write_export", write_export)
+    make_nlp(tiny_luke, backend="onnxruntime")("warm up")
+    assert len(held) == 1
+    with FileLock(str(held[0])).acquire(timeout=0):
+        pass
 
 
 def test_a_session_or_tokenizer_error_keeps_the_cache_entry(tiny_luke, tmp_path, monkeypatch):
