@@ -33,7 +33,8 @@ if __name__ == "__main__":
     torch.set_num_threads(threads)
     nlp = spacy.blank("en")
     nlp.add_pipe("luke_ner", config={"model": {"name": model}, "backend": backend})
-    nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
+    if sys.argv[5:] != ["cold"]:
+        nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
     texts = json.loads(sys.stdin.read())
     docs = nlp.pipe(texts, n_process=2, batch_size=2)
     print(json.dumps([[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs]))
@@ -91,6 +92,33 @@ def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method, backend):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
+
+
+@pytest.mark.slow
+def test_n_process_2_on_onnxruntime_exports_once_without_a_parent_call(tiny_luke, tmp_path):
+    """Workers forked before the parent exported: one exports the checkpoint, the other
+    waits for it (the cache entry's lock) and loads that export."""
+    pytest.importorskip("onnxruntime")
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env["LUKE_SPACY_CACHE"] = str(tmp_path / "cache")
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tiny_luke), "fork", "1", "onnxruntime", "cold"],
+            input=json.dumps(TEXTS),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("nlp.pipe(n_process=2) without a parent call did not finish within 240 s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
+    assert proc.stderr.count("luke_ner: exporting '") == 1, proc.stderr[-2000:]
+    assert len([p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir()]) == 1
 
 
 def test_a_pickled_pipeline_keeps_its_threads(tiny_luke):
