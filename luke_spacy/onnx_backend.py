@@ -99,6 +99,9 @@ class OrtBackend:
         # Where the loaded export came from: "setting" (onnx_path), "cache" or "saved".
         self._origin: Optional[str] = None
         self._session: Any = None
+        # The saved pipeline's model folder (`load_local`): a changed onnx_path is used, or
+        # checked, with this folder's checkpoint, never the one in attrs it started from.
+        self._local: Optional[Path] = None
         # The process that created the session: a forked child makes its own.
         self._pid: Optional[int] = None
 
@@ -156,6 +159,7 @@ class OrtBackend:
         torch backend) the export `onnx_path` names, checked to be of this checkpoint, or an
         export of its checkpoint made on first use."""
         path = Path(path)
+        self._local = path
         # Switched to torch later, the pipeline's weights come from here, never the base
         # checkpoint named in attrs.
         self.source.set_folder(path)
@@ -201,6 +205,7 @@ class OrtBackend:
         for name in sorted(files):
             digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
         target = cache_dir() / cache_key("bytes:sha256:" + digest.hexdigest())
+        self._local = None
         with _cache_lock(target):
             manifest = _sound_export(target)
             if manifest is None:
@@ -239,7 +244,9 @@ class OrtBackend:
         if self._loaded is None:
             onnx_path = self._settings.onnx_path
             name, revision = self.model.attrs["name"], self.model.attrs["revision"]
-            if onnx_path is not None:
+            if self._local is not None:
+                self.load_local(self._local)
+            elif onnx_path is not None:
                 # The checkpoint named beside it is checked where its files are at hand: a
                 # local folder, or a hub id in the Hugging Face cache.
                 folder = local_checkpoint(name, revision)

@@ -271,6 +271,26 @@ def test_spacy_load_runs_the_saved_export_without_exporting(tiny_luke, tmp_path,
     assert entities(pickle.loads(pickle.dumps(loaded)).pipe(TEXTS)) == expected
 
 
+def test_a_changed_onnx_path_keeps_the_loaded_pipelines_checkpoint(tiny_luke, tmp_path):
+    """After spacy.load of a trained torch pipeline on onnxruntime, unsetting or changing
+    onnx_path exports or checks that pipeline's weights, never the untrained checkpoint."""
+    trained = trained_nlp(tiny_luke)
+    expected = entities(trained.pipe(TEXTS))
+    trained.to_disk(tmp_path / "pipeline")
+    export_onnx(tmp_path / "pipeline", tmp_path / "export")
+    overrides = {"backend": "onnxruntime", "onnx_path": str(tmp_path / "export")}
+    nlp = spacy.load(tmp_path / "pipeline", config={"components": {"luke_ner": overrides}})
+    assert entities(nlp.pipe(TEXTS)) == expected
+    ner = nlp.get_pipe("luke_ner")
+    ner.cfg = {**ner.cfg, "onnx_path": None}
+    assert entities(nlp.pipe(TEXTS)) == expected
+    manifest = json.loads((ner.runtime.backend.folder / MANIFEST_NAME).read_text())
+    assert manifest["source"]["name"] == str(tmp_path / "pipeline" / "luke_ner" / "model")
+    ner.cfg = {**ner.cfg, "onnx_path": str(tmp_path / "export")}
+    assert entities(nlp.pipe(TEXTS)) == expected
+    assert ner.runtime.backend.folder == tmp_path / "export"
+
+
 def test_a_pipeline_saved_with_onnxruntime_asks_for_the_extra(tiny_luke, tmp_path):
     """The README's recipe never calls initialize: `spacy.load(torch pipeline, backend =
     onnxruntime).to_disk(...)`; its meta (what `spacy package` installs) asks for
