@@ -173,6 +173,17 @@ def weights_file(path: Path) -> Optional[Path]:
     return None
 
 
+def remove_weights(path: Path) -> None:
+    """Delete the torch weights of a checkpoint folder (any of `WEIGHT_FILES`, and shards), so
+    that a folder reused for an ONNX export holds no stale weights for the torch backend."""
+    path = Path(path)
+    for file in [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]:
+        file.unlink()
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            (path / name).unlink()
+
+
 def read_config(path: Path) -> Dict[str, Any]:
     """The content of a checkpoint folder's config.json."""
     return read_json(Path(path) / CONFIG_NAME, "the model's settings and labels")

@@ -48,6 +48,7 @@ from .checkpoint import (
     weights_file,
 )
 from .errors import error_line
+from .onnx_files import remove_export
 from .runtime import build_span_model
 from .settings import NerSettings, SettingsError
 from .tokenization import entity_ids
@@ -284,6 +285,9 @@ class TorchBackend:
         self._dropout: Optional[float] = None
         # The process that last ran torch here; a fork since then needs one thread.
         self._pid: Optional[int] = None
+        # The saved pipeline's model folder the weights come from (`load_local`), not the
+        # checkpoint named in attrs, which is the untrained one the pipeline started from.
+        self._folder: Optional[Path] = None
 
     def __getstate__(self) -> Dict[str, object]:
         # A pickled backend (spawn, or a pipeline pickled to disk) runs in a fresh process,
@@ -320,22 +324,35 @@ class TorchBackend:
 
     def unload(self) -> None:
         """Drop the loaded checkpoint (after an export, so its weights do not stay in memory
-        next to ONNX Runtime's); the next use loads it again."""
+        next to ONNX Runtime's); the next use loads it again, from the saved pipeline's folder
+        when it came from one (`set_folder`)."""
         shim = self._shim
         shim._hfmodel = HFObjects(None, None, None, dict(shim._hfmodel._init_tokenizer_config), {})
         shim._model = None
         self._prepared = None
 
     def load(self, labels: Optional[Sequence[str]] = None) -> None:
-        load_weights(self.model, labels=labels)
+        if labels is not None:
+            self._folder = None  # a new head on the starting checkpoint, for training
+            load_weights(self.model, labels=labels)
         self._objects()
 
+    def set_folder(self, path: Union[str, Path]) -> None:
+        """Name the saved pipeline's model folder that the weights are loaded from on first
+        use (a pipeline loaded with another backend), instead of the checkpoint in attrs."""
+        self._folder = Path(path)
+
     def load_local(self, path: Union[str, Path]) -> None:
+        self.set_folder(path)
         set_objects(self.model, load_checkpoint(str(path), local_files_only=True))
         self._objects()
 
     def save(self, path: Union[str, Path]) -> None:
-        save_checkpoint(self._objects(), Path(path))
+        """Write the checkpoint into the folder, and delete an ONNX export left there by an
+        earlier save with backend = 'onnxruntime' (which that backend would run instead)."""
+        objects = self._objects()
+        remove_export(Path(path))
+        save_checkpoint(objects, Path(path))
 
     def to_bytes(self) -> bytes:
         self._objects()
@@ -343,6 +360,7 @@ class TorchBackend:
 
     def from_bytes(self, data: bytes) -> None:
         self.model.from_bytes(data)
+        self._folder = None
         self._objects()
 
     def predict(
@@ -394,7 +412,9 @@ class TorchBackend:
     def _objects(self) -> HFObjects:
         """The loaded tokenizer and transformer, loading the checkpoint on first use."""
         objects = get_objects(self.model)
-        if objects is None:
+        if objects is None and self._folder is not None:
+            objects = self._load_folder(self._folder)
+        elif objects is None:
             objects = load_weights(self.model)
         if objects is not self._prepared:
             if self._attention == "sdpa":
@@ -404,6 +424,19 @@ class TorchBackend:
             self._shim.inference_dtype = DTYPES[self._dtype]
             self._dropout = None  # new modules have the checkpoint's rates
             self._prepared = objects
+        return objects
+
+    def _load_folder(self, folder: Path) -> HFObjects:
+        """The weights of the saved pipeline folder this model was loaded from."""
+        if weights_file(folder) is None:
+            raise CheckpointError(
+                f"luke_ner: backend = 'torch' needs the trained torch weights, but the pipeline "
+                f"was loaded from '{folder}', which holds an ONNX export only (saved with "
+                "backend = 'onnxruntime'); load a copy of the pipeline saved with backend = "
+                "'torch' instead."
+            )
+        objects = load_checkpoint(str(folder), local_files_only=True)
+        set_objects(self.model, objects)
         return objects
 
     def _place(self) -> torch.device:

@@ -12,14 +12,16 @@ cached (`onnx_files.cache_dir`). Exporting and reading tokenizer files are the t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
@@ -27,6 +29,7 @@ from spacy.util import logger
 from thinc.api import Model, get_current_ops
 
 from .backend import Backend, Backprop, Inputs
+from .checkpoint import remove_weights
 from .errors import CheckpointError, error_line
 from .onnx_files import (
     CACHE_ENV,
@@ -40,7 +43,7 @@ from .onnx_files import (
     is_export,
     local_checkpoint,
 )
-from .settings import NerSettings
+from .settings import NerSettings, SettingsError
 
 EXTRA_MISSING = (
     "luke_ner: backend = 'onnxruntime' needs ONNX Runtime and onnx: "
@@ -76,7 +79,7 @@ class OrtBackend:
 
     model (Model): The Thinc model (its attrs name the checkpoint).
     source (Backend): The torch backend of the same model: it loads and exports checkpoints
-        (needs `scorer` and `unload` besides the Backend interface).
+        (needs `scorer`, `unload` and `set_folder` besides the Backend interface).
     read_files (Callable[[Path], Tuple[Any, Any]]): Reads the tokenizer and config of an
         export folder, with the checkpoint checks (`model.load_files`).
     """
@@ -96,6 +99,9 @@ class OrtBackend:
         # Where the loaded export came from: "setting" (onnx_path), "cache" or "saved".
         self._origin: Optional[str] = None
         self._session: Any = None
+        # The saved pipeline's model folder (`load_local`): a changed onnx_path is used, or
+        # checked, with this folder's checkpoint, never the one in attrs it started from.
+        self._local: Optional[Path] = None
         # The process that created the session: a forked child makes its own.
         self._pid: Optional[int] = None
 
@@ -153,6 +159,10 @@ class OrtBackend:
         torch backend) the export `onnx_path` names, checked to be of this checkpoint, or an
         export of its checkpoint made on first use."""
         path = Path(path)
+        self._local = path
+        # Switched to torch later, the pipeline's weights come from here, never the base
+        # checkpoint named in attrs.
+        self.source.set_folder(path)
         if is_export(path):
             self._open(path, "saved")
         elif self._settings.onnx_path is not None:
@@ -161,12 +171,14 @@ class OrtBackend:
             self._export_checkpoint(str(path), path, lambda: self.source.load_local(path))
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write the export's files (graph, manifest, config, tokenizer) into the folder."""
+        """Write the export's files (graph, manifest, config, tokenizer) into the folder, and
+        delete torch weights left there by an earlier save with backend = 'torch'."""
         export = self._export()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if path.resolve() == export.folder.resolve():
             return
+        remove_weights(path)
         for file in _files(export.folder):
             shutil.copyfile(file, path / file.name)
 
@@ -181,14 +193,31 @@ class OrtBackend:
                 "These bytes hold no ONNX export (a pipeline serialized with backend = "
                 "'torch'?); load them with backend = 'torch'."
             )
-        key = cache_key("bytes:" + srsly.json_dumps(srsly.json_loads(files[MANIFEST_NAME])))
-        target = cache_dir() / key
-        if not is_export(target):
-            tmp = _temporary(target)
-            for name, content in files.items():
-                (tmp / name).write_bytes(content)
-            _publish(tmp, target)
-        self._open(target, "saved")
+        odd = sorted(repr(name) for name in files if not _plain_name(name))
+        if odd or not all(isinstance(content, bytes) for content in files.values()):
+            raise CheckpointError(
+                f"These bytes are not an ONNX export of luke-spacy: file names that are not "
+                f"plain names ({', '.join(odd[:3]) or 'none'}) or contents that are not bytes."
+            )
+        # Keyed on every file, so that two exports of one graph with other tokenizer or
+        # config files never share a folder.
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        target = cache_dir() / cache_key("bytes:sha256:" + digest.hexdigest())
+        self._local = None
+        with _cache_lock(target):
+            manifest = _sound_export(target)
+            if manifest is None:
+                tmp = _temporary(target)
+                try:
+                    for name, content in files.items():
+                        (tmp / name).write_bytes(content)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                _publish(tmp, target)
+        self._open(target, "saved", manifest=manifest)
 
     def predict(
         self, inputs: Inputs, want_words: bool
@@ -215,9 +244,13 @@ class OrtBackend:
         if self._loaded is None:
             onnx_path = self._settings.onnx_path
             name, revision = self.model.attrs["name"], self.model.attrs["revision"]
-            if onnx_path is not None:
-                # The checkpoint named beside it is checked where its files are at hand.
-                expected = folder_fingerprint(Path(name)) if os.path.isdir(name) else None
+            if self._local is not None:
+                self.load_local(self._local)
+            elif onnx_path is not None:
+                # The checkpoint named beside it is checked where its files are at hand: a
+                # local folder, or a hub id in the Hugging Face cache.
+                folder = local_checkpoint(name, revision)
+                expected = folder_fingerprint(folder) if folder is not None else None
                 self._open(Path(onnx_path), "setting", expected)
             else:
                 folder = local_checkpoint(name, revision)
@@ -232,9 +265,32 @@ class OrtBackend:
         load: Callable[[], None],
         revision: Optional[str] = None,
     ) -> None:
-        """Open the cached export of a checkpoint, exporting it first if there is none."""
+        """Open the cached export of a checkpoint, exporting it first if there is none. Torch
+        weights loaded here (to fingerprint or export the checkpoint) are dropped again, so
+        that they do not stay in memory next to ONNX Runtime's."""
         source = self.source
         in_memory = source.is_loaded  # weights that may differ from any file (trained here)
+        try:
+            target, fingerprint = self._cache_target(name, folder, load, revision)
+            with _cache_lock(target):
+                manifest = _sound_export(target)
+                if manifest is None:
+                    self._write_cache(name, target, fingerprint, load)
+        finally:
+            if not in_memory:
+                source.unload()
+        self._open(target, "cache", manifest=manifest)
+
+    def _cache_target(
+        self,
+        name: str,
+        folder: Optional[Path],
+        load: Callable[[], None],
+        revision: Optional[str],
+    ) -> Tuple[Path, str]:
+        """The cache folder of the checkpoint's export and the checkpoint's fingerprint."""
+        source = self.source
+        in_memory = source.is_loaded
         if folder is None and not in_memory:
             load()  # a hub id not in the local cache yet: download it
             folder = local_checkpoint(name, revision or "main")
@@ -244,20 +300,15 @@ class OrtBackend:
             fingerprint = state_fingerprint(source.scorer, source.tokenizer)
         else:
             fingerprint = folder_fingerprint(folder)
-        target = cache_dir() / cache_key(fingerprint)
-        if is_export(target):
-            try:
-                self._open(target, "cache")
-                return
-            except CheckpointError as err:
-                logger.warning(
-                    "luke_ner: the cached ONNX export %s is damaged (%s); exporting again.",
-                    target,
-                    error_line(err),
-                )
-                shutil.rmtree(target, ignore_errors=True)
+        return cache_dir() / cache_key(fingerprint), fingerprint
+
+    def _write_cache(
+        self, name: str, target: Path, fingerprint: str, load: Callable[[], None]
+    ) -> None:
+        """Export the checkpoint into the cache folder `target`."""
         from .onnx_graph import write_export
 
+        source = self.source
         logger.warning(
             "luke_ner: exporting '%s' to ONNX for backend = 'onnxruntime', once per checkpoint "
             "(about 2 minutes for LUKE-large on 2 CPU cores, seconds for small models); cached "
@@ -267,8 +318,7 @@ class OrtBackend:
             CACHE_ENV,
         )
         start = time.perf_counter()
-        loaded_here = not source.is_loaded
-        if loaded_here:
+        if not source.is_loaded:
             load()
         tmp = _temporary(target)
         try:
@@ -281,9 +331,6 @@ class OrtBackend:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            if loaded_here:
-                source.unload()  # its weights would stay next to ONNX Runtime's
         _publish(tmp, target)
         size = sum(file.stat().st_size for file in _files(target))
         logger.warning(
@@ -293,11 +340,18 @@ class OrtBackend:
             size / 1e6,
             target,
         )
-        self._open(target, "cache")
 
-    def _open(self, folder: Path, origin: str, expected_source: Optional[str] = None) -> None:
-        """Check an export folder, read its tokenizer and config and start its session."""
-        manifest = check_export(folder, expected_source)
+    def _open(
+        self,
+        folder: Path,
+        origin: str,
+        expected_source: Optional[str] = None,
+        manifest: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Check an export folder (unless its checked `manifest` is given), read its tokenizer
+        and config and start its session."""
+        if manifest is None:
+            manifest = check_export(folder, expected_source)
         tokenizer, config = self._read_files(folder)
         loaded = LoadedExport(folder, manifest, tokenizer, config)
         session = self._new_session(loaded)
@@ -330,7 +384,7 @@ class OrtBackend:
             session = onnxruntime.InferenceSession(
                 str(file), options, providers=providers(self._settings.device)
             )
-        except Exception as err:  # ONNX Runtime raises its own types for unreadable graphs
+        except _graph_errors() as err:  # a graph ONNX Runtime cannot read, not a GPU failure
             raise CheckpointError(
                 f"ONNX Runtime cannot load '{file}' ({error_line(err, with_type=True)}); "
                 "export the checkpoint again."
@@ -349,7 +403,7 @@ def providers(device: Optional[str]) -> List[Any]:
     the CPU for what CUDA does not run) for a GPU device, or for device = None when spaCy
     runs on a GPU (`spacy.require_gpu`) and onnxruntime-gpu is installed.
 
-    RAISES (ValueError): A GPU is asked for and this onnxruntime has no CUDA provider, or the
+    RAISES (SettingsError): A GPU is asked for and this onnxruntime has no CUDA provider, or the
         device is neither a CPU nor a CUDA device.
     """
     import onnxruntime
@@ -370,16 +424,87 @@ def providers(device: Optional[str]) -> List[Any]:
     if kind == "cpu" and not index:
         return [CPU_PROVIDER]
     if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(
-            f"luke_ner: device {device!r} cannot be used with backend = 'onnxruntime'; use "
-            "null, 'cpu' or 'cuda:0'."
+        raise SettingsError(
+            [
+                (
+                    "device",
+                    f"{device!r} cannot be used with backend = 'onnxruntime'; use null, 'cpu' "
+                    "or 'cuda:0'",
+                )
+            ]
         )
     if CUDA_PROVIDER not in available:
-        raise ValueError(
-            f"luke_ner: device {device!r} with backend = 'onnxruntime' needs ONNX Runtime's "
-            f"CUDA provider: pip install onnxruntime-gpu (this onnxruntime offers {available})."
+        raise SettingsError(
+            [
+                (
+                    "device",
+                    f"{device!r} with backend = 'onnxruntime' needs ONNX Runtime's CUDA "
+                    "provider: pip install onnxruntime-gpu (this onnxruntime offers "
+                    f"{available})",
+                )
+            ]
         )
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
+
+
+@contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """Hold the lock of a cache entry while it is checked, repaired or written: one process
+    at a time, so that `nlp.pipe(n_process=N)` workers started before the parent used the
+    pipeline do not all export LUKE-large at once, and a repair never deletes an entry that
+    another process has just published."""
+    from filelock import FileLock, Timeout
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning(
+            "luke_ner: waiting for another process writing the ONNX export %s.", target
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _sound_export(target: Path) -> Optional[Dict[str, Any]]:
+    """The checked manifest of a cache entry; None when there is none, or when it is damaged
+    (then it is deleted, to be written again). Only the export's own check repairs the cache:
+    a tokenizer that cannot be read or a session that cannot start (a GPU, memory) would fail
+    again after exporting."""
+    if not is_export(target):
+        return None
+    try:
+        return check_export(target)
+    except CheckpointError as err:
+        logger.warning(
+            "luke_ner: the cached ONNX export %s is damaged (%s); writing it again.",
+            target,
+            error_line(err),
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether a file name from bytes names a file in its folder (no path, no `..`)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def _graph_errors() -> Tuple[type, ...]:
+    """ONNX Runtime's exception types for a graph file it cannot read."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.Fail)
 
 
 def _env_threads() -> Optional[int]:

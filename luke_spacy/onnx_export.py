@@ -46,7 +46,8 @@ def export_onnx(
         the onnxruntime backend already holds an export, which is copied or quantized).
     out (Union[str, Path]): The export folder to write: new or empty, unless `force`.
     quantize (Optional[str]): "int8": ONNX Runtime's dynamic quantization of the linear
-        layers; None: float32, the torch backend's forward.
+        layers; None: float32, the torch backend's forward (refused for a pipeline that
+        holds an int8 export only: float32 needs the torch weights).
     per_channel (bool): int8 weights with one scale per output channel (else per matrix).
     revision (str): Hub revision of a hub id.
     component (Optional[str]): The luke_ner component of a pipeline with several.
@@ -151,6 +152,13 @@ def _from_export(
     from .onnx_graph import quantize_export
 
     manifest = check_export(folder)
+    if quantize is None and manifest["precision"] != "float32":
+        raise ValueError(
+            f"{folder} holds an {manifest['precision']} ONNX export and no torch weights, and "
+            "a float32 export needs the torch weights: export the pipeline saved with backend "
+            "= 'torch' (or its checkpoint), or give --quantize "
+            f"{manifest['precision']} to copy this export"
+        )
     if quantize is None or manifest["precision"] == quantize:
         shutil.copytree(folder, written)
         return manifest

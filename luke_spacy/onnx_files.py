@@ -52,6 +52,16 @@ def is_export(path: Path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def remove_export(path: Path) -> None:
+    """Delete the ONNX export files of a folder (the manifest first, so that a removal cut
+    short never leaves a manifest over missing graphs), so that a folder reused for torch
+    weights holds no stale export that the onnxruntime backend would prefer."""
+    for name in (MANIFEST_NAME, GRAPH_NAME, DATA_NAME):
+        file = Path(path) / name
+        if file.is_file():
+            file.unlink()
+
+
 def file_digest(file: Path) -> str:
     """SHA-256 of a file, read in chunks (graphs run to gigabytes)."""
     digest = hashlib.sha256()

@@ -150,7 +150,9 @@ def make_luke_ner(
     values = {key: given[key] for key in NerSettings.__dataclass_fields__}
     try:
         settings = NerSettings(**values)
-        return LukeEntityRecognizer(nlp.vocab, model, name, settings=settings, scorer=scorer)
+        return LukeEntityRecognizer(
+            nlp.vocab, model, name, settings=settings, scorer=scorer, meta=nlp.meta
+        )
     except SettingsError as err:
         # Values out of range are config errors, reported as spaCy reports wrong types.
         raise err.config_error(name, values) from None
@@ -186,6 +188,7 @@ class LukeEntityRecognizer(TrainablePipe):
         *,
         settings: NerSettings = NerSettings(),
         scorer: Optional[Callable] = None,
+        meta: Optional[Dict[str, Any]] = None,
     ) -> None:
         """Initialize the component; reads nothing (the checkpoint loads on first use).
 
@@ -194,6 +197,9 @@ class LukeEntityRecognizer(TrainablePipe):
         name (str): The component instance name.
         settings (NerSettings): The component's settings (see `make_luke_ner`).
         scorer (Optional[Callable]): The scoring method.
+        meta (Optional[Dict[str, Any]]): The pipeline's meta (`nlp.meta`): while the backend
+            is onnxruntime, its requirements ask for luke-spacy[onnx], so that the package of
+            a pipeline saved with that backend installs ONNX Runtime.
         """
         self.vocab = vocab
         self.model = model
@@ -208,6 +214,8 @@ class LukeEntityRecognizer(TrainablePipe):
         self.listener_map = {}
         if settings.set_trf_data:
             install_extensions()
+        self._meta = meta
+        self._record_backend_requirement()
 
     @property
     def runtime(self) -> LukeRuntime:
@@ -234,6 +242,7 @@ class LukeEntityRecognizer(TrainablePipe):
         current = self.settings.to_dict()
         self.runtime.configure(NerSettings(**{key: cfg.get(key, current[key]) for key in current}))
         self._restore_cfg(cfg)
+        self._record_backend_requirement()
 
     def set_max_batch_items(self, max_batch_items: int) -> None:
         """Change the internal batch budget (padded word+span positions per forward batch).
@@ -546,6 +555,7 @@ class LukeEntityRecognizer(TrainablePipe):
         }
         with self._config_errors():
             util.from_bytes(bytes_data, deserialize, exclude)
+        self._record_backend_requirement()  # the meta read before the components lacks it
         return self
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
@@ -567,6 +577,7 @@ class LukeEntityRecognizer(TrainablePipe):
         check_saved_labels(path)
         with self._config_errors():
             util.from_disk(path, deserialize, exclude)
+        self._record_backend_requirement()  # the meta read before the components lacks it
         return self
 
     @contextmanager
@@ -577,6 +588,12 @@ class LukeEntityRecognizer(TrainablePipe):
             yield
         except SettingsError as err:
             raise err.config_error(self.name, self.settings.to_dict()) from None
+
+    def _record_backend_requirement(self) -> None:
+        """Ask for luke-spacy[onnx] in the pipeline's meta while the backend needs it: saving
+        never calls `initialize` (e.g. `spacy.load(..., config=...onnxruntime).to_disk()`)."""
+        if self._meta is not None and self.settings.backend == "onnxruntime":
+            record_requirements(self._meta, [], extras=["onnx"])
 
     def _label_names(self) -> List[str]:
         """All labels in id order (0 is no-entity): the checkpoint's once it is loaded."""

@@ -220,6 +220,20 @@ def settings_problems(settings: NerSettings) -> List[Tuple[str, str]]:
         not isinstance(settings.onnx_path, str) or not settings.onnx_path
     ):
         problems.append(("onnx_path", f"must be a path or null, got {settings.onnx_path!r}"))
+    # Settings the chosen backend would ignore: refused, so that none silently does nothing.
+    if settings.onnx_path is not None and settings.backend == "torch":
+        problems.append(
+            ("onnx_path", "is used with backend = 'onnxruntime' only; set it to null for torch")
+        )
+    if settings.backend == "onnxruntime" and settings.dtype in ("bfloat16", "float16"):
+        problems.append(
+            (
+                "dtype",
+                f"= {settings.dtype!r} is a torch setting; backend = 'onnxruntime' runs the "
+                "export's precision (float32, or int8 from `luke-spacy export-onnx "
+                "--quantize int8`): set dtype = 'float32'",
+            )
+        )
     return problems
 
 

@@ -33,7 +33,8 @@ if __name__ == "__main__":
     torch.set_num_threads(threads)
     nlp = spacy.blank("en")
     nlp.add_pipe("luke_ner", config={"model": {"name": model}, "backend": backend})
-    nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
+    if sys.argv[5:] != ["cold"]:
+        nlp("Peter lives in Paris .")  # the parent has run torch before the workers start
     texts = json.loads(sys.stdin.read())
     docs = nlp.pipe(texts, n_process=2, batch_size=2)
     print(json.dumps([[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs]))
@@ -63,6 +64,29 @@ def test_pickled_pipeline_predicts_identically(tiny_luke):
     assert is_entity_aware_attention_fused(get_objects(model).transformer)
 
 
+def run_n_process_2(checkpoint, tmp_path, *args):
+    """Run SCRIPT with these arguments in a child Python under a hard timeout; return the
+    finished process and the entities it printed."""
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env["LUKE_SPACY_CACHE"] = str(tmp_path / "cache")
+    env.pop("OMP_NUM_THREADS", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(checkpoint), *args],
+            input=json.dumps(TEXTS),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"nlp.pipe(n_process=2) with {args} did not finish within 240 s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -72,25 +96,19 @@ def test_n_process_2_after_a_parent_call(tiny_luke, tmp_path, method, backend):
     Runtime's session does not survive a fork either, nor pickle."""
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env["LUKE_SPACY_CACHE"] = str(tmp_path / "cache")
-    env.pop("OMP_NUM_THREADS", None)
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script), str(tiny_luke), method, "2", backend],
-            input=json.dumps(TEXTS),
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"nlp.pipe(n_process=2) under {method} did not finish within 240 s")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, got = run_n_process_2(tiny_luke, tmp_path, method, "2", backend)
     assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
+
+
+@pytest.mark.slow
+def test_n_process_2_on_onnxruntime_exports_once_without_a_parent_call(tiny_luke, tmp_path):
+    """Workers forked before the parent exported: one exports the checkpoint, the other
+    waits for it (the cache entry's lock) and loads that export."""
+    pytest.importorskip("onnxruntime")
+    proc, got = run_n_process_2(tiny_luke, tmp_path, "fork", "1", "onnxruntime", "cold")
+    assert got == entities(make_nlp(tiny_luke).pipe(TEXTS))
+    assert proc.stderr.count("luke_ner: exporting '") == 1, proc.stderr[-2000:]
+    assert len([p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir()]) == 1
 
 
 def test_a_pickled_pipeline_keeps_its_threads(tiny_luke):

@@ -43,6 +43,9 @@ BAD = [
     ({"nested_spans_key": ""}, "nested_spans_key"),
     ({"nested_spans_key": "luke_ner"}, "nested_spans_key"),
     ({"gold_spans_key": 3}, "gold_spans_key"),
+    ({"onnx_path": "export"}, "onnx_path"),  # with backend "torch", which ignores it
+    ({"backend": "onnxruntime", "dtype": "bfloat16"}, "dtype"),
+    ({"backend": "onnxruntime", "dtype": "float16"}, "dtype"),
 ]
 
 
@@ -107,6 +110,8 @@ OUT_OF_RANGE = [
     ({"spans_key": ""}, ["spans_key"]),
     ({"device": "tpu"}, ["device"]),
     ({"max_entity_length": 0, "threshold": 2}, ["max_entity_length", "threshold"]),
+    ({"onnx_path": "export"}, ["onnx_path"]),
+    ({"backend": "onnxruntime", "dtype": "bfloat16"}, ["dtype"]),
 ]
 
 
