@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-import spacy
 from common import write_json
 
-from luke_spacy.tuning import Decoding, Tuner, score_corpus
+from luke_spacy.tuning import Decoding, Tuner, load_component, score_corpus
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -26,14 +25,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     results = {}
     for path in args.pipelines:
-        nlp = spacy.load(path)
-        name = next(n for n in nlp.pipe_names if nlp.get_pipe_meta(n).factory == "luke_ner")
+        nlp, name = load_component(path, None, -1)
         settings = nlp.get_pipe(name).settings
         corpus = score_corpus(nlp, name, args.docbin, None)
-        table = settings.threshold
-        if not isinstance(table, dict):
-            table = dict.fromkeys(corpus.labels[1:], float(table))
-        outcome = Tuner(corpus).outcome(Decoding(table, settings.temperature, settings.nil_veto))
+        outcome = Tuner(corpus).outcome(Decoding.from_settings(settings, corpus.labels))
         total = outcome.overall
         results[path] = {
             "threshold": settings.threshold,

@@ -75,6 +75,22 @@ class Decoding:
     nil_veto: bool = True
     nested: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: Any, labels: Sequence[str], nested: bool = False) -> Decoding:
+        """The decoding a component's settings give: its threshold (a number or a table) as
+        one threshold per entity label, its temperature and nil_veto.
+
+        settings (NerSettings): The component's settings.
+        labels (Sequence[str]): The labels by id, no-entity first.
+        nested (bool): Decode the nested group instead of doc.ents.
+        """
+        threshold = settings.threshold
+        if isinstance(threshold, dict):
+            table = {label: threshold.get(label, 0.0) for label in labels[1:]}
+        else:
+            table = dict.fromkeys(labels[1:], float(threshold))
+        return cls(table, settings.temperature, settings.nil_veto, nested)
+
     def cuts(self, labels: Sequence[str]) -> numpy.ndarray:
         """One threshold per label id."""
         return numpy.asarray(label_thresholds(self.threshold, labels))
@@ -359,7 +375,7 @@ def run_tune_thresholds(args: argparse.Namespace) -> int:
         _check_scores(args, out)
     if not 0.0 < args.step < 1.0:
         raise CLIError(f"--step must be between 0 and 1, got {args.step}")
-    nlp, name = _load(args.pipeline, args.component, args.gpu)
+    nlp, name = load_component(args.pipeline, args.component, args.gpu)
     ner = nlp.get_pipe(name)
     settings = ner.settings
     nested = args.target == "nested"
@@ -374,11 +390,8 @@ def run_tune_thresholds(args: argparse.Namespace) -> int:
         where = f"doc.spans[{gold_key!r}]" if nested else "doc.ents"
         raise CLIError(f"{args.dev} has no gold entities in {where}")
     labels = corpus.labels
-    if isinstance(settings.threshold, dict):
-        start = {label: settings.threshold.get(label, 0.0) for label in labels[1:]}
-    else:
-        start = dict.fromkeys(labels[1:], float(settings.threshold))
-    before = Decoding(start, settings.temperature, settings.nil_veto, nested)
+    before = Decoding.from_settings(settings, labels, nested)
+    start = before.threshold
     tuner = Tuner(corpus)
     target = f"doc.spans[{settings.nested_spans_key!r}]" if nested else "doc.ents"
     report: Dict[str, Any] = {
@@ -514,8 +527,18 @@ def _check_scores(args: argparse.Namespace, out: Path) -> None:
         raise CLIError(f"--scores {scores}: there is no folder {scores.parent}")
 
 
-def _load(pipeline: str, component: Optional[str], gpu: int) -> Tuple[Any, str]:
+def load_component(pipeline: str, component: Optional[str], gpu: int) -> Tuple[Any, str]:
+    """Load a pipeline and name its luke_ner component to tune or score.
+
+    pipeline (str): The pipeline's folder or package.
+    component (Optional[str]): The component's name; None for the first luke_ner.
+    gpu (int): GPU id, -1 for the CPU.
+    RETURNS (Tuple[Language, str]): The pipeline and the component's name.
+    RAISES (CLIError): The pipeline cannot be loaded or has no such component.
+    """
     import spacy
+
+    from .loading import luke_ner_names
 
     if gpu >= 0:
         spacy.require_gpu(gpu)
@@ -523,7 +546,7 @@ def _load(pipeline: str, component: Optional[str], gpu: int) -> Tuple[Any, str]:
         nlp = spacy.load(pipeline)
     except (OSError, ValueError) as err:
         raise CLIError(f"cannot load {pipeline}: {err}") from err
-    names = [n for n in nlp.pipe_names if nlp.get_pipe_meta(n).factory == "luke_ner"]
+    names = luke_ner_names(nlp)
     if component is not None:
         if component not in names:
             raise CLIError(f"{pipeline} has no luke_ner component {component!r} (it has {names})")
