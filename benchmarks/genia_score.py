@@ -28,17 +28,16 @@ from spacy.tokens import Doc, DocBin
 
 from luke_spacy.conll import unannotated
 from luke_spacy.genia import SPANS_KEY, inner_entities
+from luke_spacy.tuning import Scores
 
 Entity = Tuple[int, int, str]
 ENTS = "ents"
 
 
 def prf(tp: int, n_pred: int, n_gold: int) -> Dict[str, float]:
-    """Precision, recall and F1 from counts (0.0 where undefined), with the counts."""
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"p": p, "r": r, "f": f, "tp": tp, "predicted": n_pred, "gold": n_gold}
+    """Precision, recall and F1 from counts (0.0 where undefined), with the counts: the
+    tuner's own `Scores`."""
+    return Scores(tp, n_pred, n_gold).to_dict()
 
 
 def score_entities(
